@@ -1,0 +1,82 @@
+//! Assembly: `App::build` opens the store, starts the service and binds the listener (port 0
+//! in tests); `App::run` serves until the shutdown future resolves, then drains in the order
+//! design invariant 6 gives.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+
+use crate::{
+    config::Config,
+    http::{self, AppState},
+    lifecycle::Lifecycle,
+    service::{Limits, Service},
+    store::{self, StoreError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}
+
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+    drain_grace: Duration,
+    shutdown_timeout: Duration,
+}
+
+impl App {
+    pub async fn build(config: &Config) -> Result<Self, StartupError> {
+        let store = store::open(&config.database)?;
+        let limits = Limits { max_images: config.max_images, max_total_images: config.max_total_images };
+        let service = Service::start(store, limits)?;
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| StartupError::Bind(config.listen, e))?;
+        let state = AppState {
+            service,
+            lifecycle: Arc::new(Lifecycle::default()),
+            ws_ping_interval: config.ws_ping_interval,
+        };
+        Ok(Self { listener, state, drain_grace: config.drain_grace, shutdown_timeout: config.shutdown_timeout })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then: readiness 503 and `Connection: close` for the
+    /// drain grace; WebSockets closed with 1001 and SSE streams ended; open requests given up
+    /// to the shutdown timeout; queued writes committed.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let Self { listener, state, drain_grace, shutdown_timeout } = self;
+        let lifecycle = state.lifecycle.clone();
+        let service = state.service.clone();
+        tracing::info!(address = %listener.local_addr()?, "listening");
+        let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(lifecycle.closing());
+        let mut server = tokio::spawn(server.into_future());
+
+        tokio::select! {
+            result = &mut server => {
+                return result.map_err(std::io::Error::other)?;
+            }
+            _ = shutdown => {}
+        }
+        lifecycle.start_draining();
+        tracing::info!(grace = ?drain_grace, "draining: readiness is 503, answers close their connections");
+        tokio::time::sleep(drain_grace).await;
+        lifecycle.close_connections();
+        match tokio::time::timeout(shutdown_timeout, &mut server).await {
+            Ok(result) => result.map_err(std::io::Error::other)??,
+            Err(_) => {
+                tracing::warn!(timeout = ?shutdown_timeout, "open requests did not finish in time; closing them");
+                server.abort();
+            }
+        }
+        service.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,23 @@
+//! `/openapi.json`, generated from the handlers' annotations, and `/docs`, Swagger UI served
+//! from files compiled into the binary (no CDN, works offline).
+
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use super::{AppState, api, health};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Draw64", description = "A real-time collaborative 64×64 pixel canvas. \
+        WebSocket: `GET /ws/images/{image_id}` (send the PUT body as text frames; receive \
+        `image_updated`, `image_deleted` and `error` events). Server-Sent Events: `GET /sse/announce`."),
+    paths(
+        api::list, api::create_random, api::create, api::get, api::png, api::data, api::put, api::delete,
+        api::statistics, health::healthz, health::readyz
+    )
+)]
+pub struct ApiDoc;
+
+pub fn router() -> axum::Router<AppState> {
+    SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()).into()
+}

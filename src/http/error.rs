@@ -1,0 +1,92 @@
+//! The one mapping from errors to HTTP: a status and `{"detail": "..."}`. Internals never
+//! leak: storage errors are logged in full and answered in short.
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+
+use crate::{
+    domain::{CommandError, IdError},
+    service::ServiceError,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    InvalidId(#[from] IdError),
+    #[error("invalid path: {0}")]
+    InvalidPath(String),
+    #[error(transparent)]
+    InvalidCommand(#[from] CommandError),
+    #[error("Content-Type {0:?} is not JSON; send application/json (or no Content-Type)")]
+    NotJson(String),
+    #[error("cannot read the request body: {0}")]
+    BadBody(String),
+    #[error("request body is larger than the 1 MiB limit")]
+    TooLarge,
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error("Not Found")]
+    NoRoute,
+    #[error("Method Not Allowed")]
+    MethodNotAllowed,
+}
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(e: axum::extract::rejection::PathRejection) -> Self {
+        ApiError::InvalidPath(e.body_text())
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidId(_)
+            | ApiError::InvalidPath(_)
+            | ApiError::InvalidCommand(_)
+            | ApiError::NotJson(_)
+            | ApiError::BadBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Service(e) => match e {
+                ServiceError::NotFound => StatusCode::NOT_FOUND,
+                ServiceError::AlreadyExists | ServiceError::TooManyImages | ServiceError::TooManyTotal(_) => {
+                    StatusCode::CONFLICT
+                }
+                ServiceError::NoFreeId => StatusCode::CONFLICT,
+                ServiceError::Unavailable(_) | ServiceError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            },
+        }
+    }
+}
+
+/// The body of every error answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Detail {
+    pub detail: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let detail = match &self {
+            ApiError::Service(ServiceError::Unavailable(cause)) => {
+                tracing::error!(%cause, "storage unavailable");
+                "Storage unavailable; try again shortly.".to_owned()
+            }
+            other => other.to_string(),
+        };
+        (status, Json(Detail { detail })).into_response()
+    }
+}
+
+pub async fn no_route() -> ApiError {
+    ApiError::NoRoute
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

@@ -1,0 +1,52 @@
+//! Liveness (`/healthz`: the process answers) and readiness (`/readyz`: the store answers
+//! through the real write path and the instance is not draining).
+
+use std::time::Duration;
+
+use axum::{Json, extract::State, http::StatusCode};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+
+/// A store slower than this is reported not ready rather than hanging the health check.
+const STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `ok` or `unavailable`.
+    status: &'static str,
+    /// Present when not ready: which checks failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+    /// Each check: `ok` or what is wrong.
+    checks: std::collections::BTreeMap<&'static str, String>,
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "The process is alive", body = Object, example = json!({"status": "ok"}))))]
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Ready to serve", body = Readiness),
+        (status = 503, description = "Not ready: the failing checks are named", body = Readiness)))]
+pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    let mut checks = std::collections::BTreeMap::new();
+    let store = match app.service.ping(STORE_TIMEOUT).await {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    checks.insert("store", store);
+    let shutdown = if app.lifecycle.is_draining() { "draining" } else { "ok" };
+    checks.insert("shutdown", shutdown.to_owned());
+    let failing: Vec<&str> = checks.iter().filter(|(_, v)| *v != "ok").map(|(k, _)| *k).collect();
+    if failing.is_empty() {
+        (StatusCode::OK, Json(Readiness { status: "ok", detail: None, checks }))
+    } else {
+        let detail = Some(format!("not ready: {}", failing.join(", ")));
+        (StatusCode::SERVICE_UNAVAILABLE, Json(Readiness { status: "unavailable", detail, checks }))
+    }
+}

@@ -1,0 +1,55 @@
+//! The HTTP edge: routers for the REST API, WebSocket, SSE, health, the page and the docs;
+//! the middleware every response passes through; the one error → response mapping.
+
+pub mod api;
+pub mod docs;
+pub mod error;
+mod extract;
+mod health;
+mod middleware;
+mod sse;
+pub mod ws;
+mod web;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    routing::get,
+};
+
+use crate::{lifecycle::Lifecycle, service::Service};
+
+/// Largest request body accepted (413 beyond).
+pub const MAX_BODY: usize = 1 << 20;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Service,
+    pub lifecycle: Arc<Lifecycle>,
+    pub ws_ping_interval: Duration,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(web::index))
+        .route("/static/{file}", get(web::asset))
+        .route("/images", get(api::list).post(api::create_random))
+        .route(
+            "/images/{image_id}",
+            get(api::get_or_png).post(api::create).put(api::put).delete(api::delete),
+        )
+        .route("/images/{image_id}/data", get(api::data))
+        .route("/statistics", get(api::statistics))
+        .route("/ws/images/{image_id}", get(ws::upgrade))
+        .route("/sse/announce", get(sse::announce))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .merge(docs::router())
+        .fallback(error::no_route)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::headers))
+        .with_state(state)
+}

@@ -1,0 +1,30 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use draw64::{App, config::Cli, lifecycle, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Cli::parse().into_config();
+    let _telemetry = match telemetry::init(&config) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("draw64: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let app = match App::build(&config).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run(lifecycle::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}

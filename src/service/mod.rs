@@ -1,0 +1,193 @@
+//! The use cases: create, delete, draw, subscribe, count users. Owns the in-memory canvases
+//! and the fan-out; reaches the database only through the writer thread and the `Store` trait.
+
+mod live;
+mod writer;
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::Duration,
+};
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub use live::{Announcement, EventText, SUBSCRIBER_BACKLOG};
+use live::{Live, lock, read};
+use writer::{Op, Writer};
+
+use crate::{
+    domain::{Canvas, Command, ImageId, event},
+    store::{Store, StoreError},
+};
+
+/// Capacity of the writer's queue: callers wait (backpressure) rather than grow memory.
+const QUEUE: usize = 8192;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Active images that `POST /images` may bring the total to.
+    pub max_images: usize,
+    /// Images in all, including those WebSocket connections create on the fly.
+    pub max_total_images: usize,
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("Image ID not found.")]
+    NotFound,
+    #[error("Image ID already exists.")]
+    AlreadyExists,
+    #[error("Too many images already created.")]
+    TooManyImages,
+    #[error("Too many images exist ({0}, the --max-total-images limit); delete some first.")]
+    TooManyTotal(usize),
+    #[error("No free random image id is left; choose one with POST /images/{{image_id}}.")]
+    NoFreeId,
+    #[error("Storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("The service is shutting down.")]
+    Stopped,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema, Debug)]
+pub struct Statistics {
+    pub images_created: u64,
+    pub images_deleted: u64,
+    pub user_count: u64,
+    pub image_updates: BTreeMap<String, u64>,
+}
+
+#[derive(Clone)]
+pub struct Service {
+    ops: mpsc::Sender<Op>,
+    live: Arc<Live>,
+    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl Service {
+    /// Loads every image from the store into memory and starts the writer thread.
+    pub fn start(mut store: Box<dyn Store>, limits: Limits) -> Result<Self, StoreError> {
+        let snapshot = store.load()?;
+        let live = Arc::new(Live::new(snapshot.counters));
+        {
+            let mut map = live::write(&live.images);
+            for img in &snapshot.images {
+                map.insert(img.id.clone(), Arc::new(live::LiveImage::new(img.canvas.clone(), img.updates)));
+            }
+        }
+        tracing::info!(images = snapshot.images.len(), "images loaded from the store");
+        let (ops, queue) = mpsc::channel(QUEUE);
+        let writer = Writer::new(store, snapshot.images, snapshot.counters, live.clone(), limits);
+        let handle = std::thread::Builder::new()
+            .name("draw64-writer".into())
+            .spawn(move || writer.run(queue))
+            .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self { ops, live, writer: Arc::new(Mutex::new(Some(handle))) })
+    }
+
+    async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<Result<T, ServiceError>>) -> Op) -> Result<T, ServiceError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops.send(op(tx)).await.map_err(|_| ServiceError::Stopped)?;
+        rx.await.map_err(|_| ServiceError::Stopped)?
+    }
+
+    pub async fn create(&self, id: Option<ImageId>) -> Result<ImageId, ServiceError> {
+        self.call(|reply| Op::Create { id, reply }).await
+    }
+
+    /// Creates the image if missing; answers whether this call created it.
+    pub async fn ensure(&self, id: ImageId) -> Result<bool, ServiceError> {
+        self.call(|reply| Op::Ensure { id, reply }).await
+    }
+
+    /// Returns once the change is committed and pushed to the image's subscribers.
+    pub async fn apply(&self, id: ImageId, command: Command) -> Result<(), ServiceError> {
+        self.call(|reply| Op::Apply { id, command, reply }).await
+    }
+
+    pub async fn delete(&self, id: ImageId) -> Result<(), ServiceError> {
+        self.call(|reply| Op::Delete { id, reply }).await
+    }
+
+    /// Proves the whole write path answers: queue, writer thread and database.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), ServiceError> {
+        match tokio::time::timeout(timeout, self.call(|reply| Op::Ping { reply })).await {
+            Ok(result) => result,
+            Err(_) => Err(ServiceError::Unavailable(format!("no answer within {timeout:?}"))),
+        }
+    }
+
+    pub fn exists(&self, id: &ImageId) -> bool {
+        read(&self.live.images).contains_key(id)
+    }
+
+    pub fn list(&self) -> Vec<ImageId> {
+        let mut ids: Vec<ImageId> = read(&self.live.images).keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    pub fn canvas(&self, id: &ImageId) -> Option<Canvas> {
+        read(&self.live.images).get(id).map(|img| read(&img.canvas).clone())
+    }
+
+    pub fn subscribe(&self, id: &ImageId) -> Option<broadcast::Receiver<EventText>> {
+        read(&self.live.images).get(id).map(|img| img.events.subscribe())
+    }
+
+    pub fn announcements(&self) -> broadcast::Receiver<Announcement> {
+        self.live.subscribe_announcements()
+    }
+
+    pub fn statistics(&self) -> Statistics {
+        let counters = *lock(&self.live.counters);
+        let image_updates = read(&self.live.images)
+            .iter()
+            .map(|(id, img)| (id.to_string(), img.updates.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        Statistics {
+            images_created: counters.images_created,
+            images_deleted: counters.images_deleted,
+            user_count: self.live.user_count(),
+            image_updates,
+        }
+    }
+
+    pub fn user_count(&self) -> u64 {
+        self.live.user_count()
+    }
+
+    /// Counts one more user and announces it; the user leaves when the guard drops.
+    pub fn join(&self, created: Option<&ImageId>) -> Presence {
+        let n = self.live.users.fetch_add(1, Ordering::Relaxed) + 1;
+        self.live.announce("user_connected", event::bare("user_connected"));
+        if let Some(id) = created {
+            self.live.announce_image("image_created", id);
+        }
+        self.live.announce("user_count_updated", event::user_count_updated(n));
+        Presence { live: self.live.clone() }
+    }
+
+    /// Lets queued writes commit, then stops the writer. Call after the server stopped serving.
+    pub async fn shutdown(&self) {
+        let handle = lock(&self.writer).take();
+        if let Some(handle) = handle {
+            let _ = self.ops.send(Op::Stop).await;
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+pub struct Presence {
+    live: Arc<Live>,
+}
+
+impl Drop for Presence {
+    fn drop(&mut self) {
+        let n = self.live.users.fetch_sub(1, Ordering::Relaxed) - 1;
+        self.live.announce("user_disconnected", event::bare("user_disconnected"));
+        self.live.announce("user_count_updated", event::user_count_updated(n));
+    }
+}

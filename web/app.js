@@ -1,0 +1,232 @@
+// Draw64 page: one WebSocket per open image, one EventSource for announcements.
+'use strict';
+
+const SIDE = 64;
+const CELL = 10;
+const PALETTE = ['1a1c2c', '5d275d', 'b13e53', 'ef7d57', 'ffcd75', 'a7f070', '38b764', '257179',
+  '29366f', '3b5dc9', '41a6f6', '73eff7', 'f4f4f4', '94b0c2', '566c86', '333c57'];
+const HEART = ['.XX.XX.', 'XXXXXXX', 'XXXXXXX', '.XXXXX.', '..XXX..', '...X...'];
+
+const canvas = document.getElementById('canvas');
+const ctx = canvas.getContext('2d');
+const select = document.getElementById('images');
+const userCount = document.getElementById('user-count');
+const statusLine = document.getElementById('status');
+
+let imageId = 'default';
+let color = hexToRgb(PALETTE[0]);
+let pixels = blank();
+let socket = null;
+let backoff = 250;
+let reconnectTimer = null;
+
+function hexToRgb(hex) {
+  return [0, 2, 4].map((i) => parseInt(hex.slice(i, i + 2), 16));
+}
+
+function blank() {
+  return Array.from({ length: SIDE }, () => Array.from({ length: SIDE }, () => [255, 255, 255]));
+}
+
+function setStatus(text, connection) {
+  statusLine.textContent = text;
+  if (connection) document.body.dataset.connection = connection;
+}
+
+// White cells show a light checkerboard so the grid stays visible.
+function paintCell(x, y) {
+  const [r, g, b] = pixels[x][y];
+  const white = r === 255 && g === 255 && b === 255;
+  ctx.fillStyle = white ? ((x + y) % 2 ? '#f1f3f6' : '#ffffff') : `rgb(${r},${g},${b})`;
+  ctx.fillRect(x * CELL, y * CELL, CELL, CELL);
+}
+
+function repaint() {
+  for (let x = 0; x < SIDE; x++) for (let y = 0; y < SIDE; y++) paintCell(x, y);
+}
+
+function setPixel(x, y, rgb) {
+  if (x < 0 || y < 0 || x >= SIDE || y >= SIDE) return;
+  pixels[x][y] = rgb;
+  paintCell(x, y);
+}
+
+function applyCommand(command) {
+  if (command.command_type === 'clear_canvas') {
+    pixels = blank();
+    repaint();
+  } else if (command.command_type === 'draw') {
+    for (const [x, y, r, g, b] of command.values) setPixel(x, y, [r, g, b]);
+  }
+}
+
+async function loadImage() {
+  const wanted = imageId;
+  const res = await fetch(`/images/${encodeURIComponent(wanted)}/data`);
+  if (!res.ok || wanted !== imageId) return;
+  pixels = await res.json();
+  repaint();
+  document.body.dataset.loadedImage = wanted;
+}
+
+function send(command) {
+  if (socket && socket.readyState === WebSocket.OPEN) {
+    socket.send(JSON.stringify({ command }));
+  } else {
+    setStatus('Not connected: change not sent.');
+  }
+}
+
+function connect() {
+  clearTimeout(reconnectTimer);
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  const ws = new WebSocket(`${scheme}://${location.host}/ws/images/${encodeURIComponent(imageId)}`);
+  socket = ws;
+  setStatus('Connecting…', 'connecting');
+  ws.onopen = () => {
+    backoff = 250;
+    setStatus('Connected', 'open');
+    // Reload after every (re)connect: changes made while away are in the stored image.
+    loadImage();
+  };
+  ws.onmessage = (msg) => {
+    const { event } = JSON.parse(msg.data);
+    if (event.event_type === 'image_updated' && event.image_id === imageId) applyCommand(event.command);
+    else if (event.event_type === 'error') setStatus(`Refused: ${event.detail}`);
+  };
+  ws.onclose = (e) => {
+    if (ws !== socket) return; // replaced by a switch
+    socket = null;
+    if (e.code === 4404) {
+      // Deleted: do not reconnect (that would create it again); go to the default image.
+      setStatus(`Image ${imageId} was deleted.`, 'closed');
+      switchTo('default');
+      return;
+    }
+    const delay = Math.min(backoff, 5000) * (0.75 + Math.random() / 2);
+    backoff *= 2;
+    setStatus(`Disconnected (${e.code}); reconnecting…`, 'closed');
+    reconnectTimer = setTimeout(connect, delay);
+  };
+}
+
+function switchTo(id) {
+  if (socket) {
+    const old = socket;
+    socket = null;
+    old.close(1000);
+  }
+  imageId = id;
+  pixels = blank();
+  repaint();
+  ensureOption(id);
+  select.value = id;
+  backoff = 250;
+  connect();
+}
+
+function ensureOption(id) {
+  if ([...select.options].some((o) => o.value === id)) return;
+  const option = new Option(id, id);
+  const after = [...select.options].find((o) => o.value > id);
+  select.add(option, after || null);
+}
+
+function removeOption(id) {
+  for (const o of [...select.options]) if (o.value === id) o.remove();
+}
+
+async function loadImageList() {
+  const res = await fetch('/images');
+  if (!res.ok) return;
+  for (const { image_id } of await res.json()) ensureOption(image_id);
+  select.value = imageId;
+}
+
+function listen() {
+  const source = new EventSource('/sse/announce');
+  source.addEventListener('image_created', (e) => ensureOption(JSON.parse(e.data).event.image_id));
+  source.addEventListener('image_deleted', (e) => removeOption(JSON.parse(e.data).event.image_id));
+  source.addEventListener('user_count_updated', (e) => {
+    userCount.textContent = JSON.parse(e.data).event.user_count;
+  });
+  source.onopen = async () => {
+    loadImageList();
+    const res = await fetch('/statistics');
+    if (res.ok) userCount.textContent = (await res.json()).user_count;
+  };
+}
+
+// Pencil: pointerdown paints the cell under the pointer; the stroke sends each new cell.
+let stroke = null;
+function cellAt(e) {
+  const rect = canvas.getBoundingClientRect();
+  const x = Math.floor(((e.clientX - rect.left) / rect.width) * SIDE);
+  const y = Math.floor(((e.clientY - rect.top) / rect.height) * SIDE);
+  return x >= 0 && y >= 0 && x < SIDE && y < SIDE ? [x, y] : null;
+}
+function paintAt(e) {
+  const cell = cellAt(e);
+  if (!cell || (stroke && stroke.last === `${cell}`)) return;
+  if (stroke) stroke.last = `${cell}`;
+  const [x, y] = cell;
+  setPixel(x, y, color);
+  send({ command_type: 'draw', values: [[x, y, ...color]] });
+}
+canvas.addEventListener('pointerdown', (e) => {
+  canvas.setPointerCapture(e.pointerId);
+  stroke = { last: null };
+  paintAt(e);
+});
+canvas.addEventListener('pointermove', (e) => {
+  if (!stroke) return;
+  for (const ev of e.getCoalescedEvents ? e.getCoalescedEvents() : [e]) paintAt(ev);
+});
+const endStroke = () => { stroke = null; };
+canvas.addEventListener('pointerup', endStroke);
+canvas.addEventListener('pointercancel', endStroke);
+
+function buildPalette() {
+  const palette = document.getElementById('palette');
+  PALETTE.forEach((hex, i) => {
+    const swatch = document.createElement('button');
+    swatch.type = 'button';
+    swatch.setAttribute('role', 'radio');
+    swatch.setAttribute('aria-label', `#${hex}`);
+    swatch.setAttribute('aria-checked', i === 0 ? 'true' : 'false');
+    swatch.style.backgroundColor = `#${hex}`;
+    swatch.dataset.color = hex;
+    swatch.addEventListener('click', () => {
+      color = hexToRgb(hex);
+      for (const s of palette.children) s.setAttribute('aria-checked', s === swatch ? 'true' : 'false');
+    });
+    palette.appendChild(swatch);
+  });
+}
+
+document.getElementById('random').addEventListener('click', () => {
+  const rgb = hexToRgb(PALETTE[Math.floor(Math.random() * PALETTE.length)]);
+  const ox = Math.floor(Math.random() * (SIDE - HEART[0].length));
+  const oy = Math.floor(Math.random() * (SIDE - HEART.length));
+  const values = [];
+  HEART.forEach((row, dy) => [...row].forEach((c, dx) => {
+    if (c === 'X') values.push([ox + dx, oy + dy, ...rgb]);
+  }));
+  send({ command_type: 'draw', values });
+});
+
+document.getElementById('clear').addEventListener('click', () => send({ command_type: 'clear_canvas' }));
+
+document.getElementById('new-image').addEventListener('click', async () => {
+  const res = await fetch('/images', { method: 'POST' });
+  const body = await res.json();
+  if (res.ok) switchTo(body.image_id);
+  else setStatus(body.detail);
+});
+
+select.addEventListener('change', () => switchTo(select.value));
+
+buildPalette();
+repaint();
+listen();
+switchTo('default');
