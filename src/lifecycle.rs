@@ -3,7 +3,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::watch;
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    sync::watch,
+};
 
 pub struct Lifecycle {
     draining: AtomicBool,
@@ -39,34 +42,33 @@ impl Lifecycle {
     }
 }
 
-/// Waits for SIGTERM or Ctrl-C; after the first, a second one exits the process at once.
-pub async fn shutdown_signal() {
-    wait_for_signal().await;
-    tracing::info!("shutdown signal received; draining (send another to exit at once)");
-    tokio::spawn(async {
-        wait_for_signal().await;
-        tracing::warn!("second shutdown signal; exiting now");
-        std::process::exit(130);
-    });
+/// SIGTERM and SIGINT handlers, installed at the very start of `main` so a signal that
+/// arrives while the server is still starting is a drain too, not the default instant death.
+pub struct Signals {
+    term: Signal,
+    int: Signal,
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C will stop the server");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+impl Signals {
+    pub fn install() -> std::io::Result<Self> {
+        Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    async fn recv(&mut self) {
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    /// Resolves at the first signal; a second one then exits the process at once.
+    pub async fn shutdown(mut self) {
+        self.recv().await;
+        tracing::info!("shutdown signal received; draining (send another to exit at once)");
+        tokio::spawn(async move {
+            self.recv().await;
+            tracing::warn!("second shutdown signal; exiting now");
+            std::process::exit(130);
+        });
+    }
 }

@@ -6,6 +6,13 @@ use draw64::{App, config::Cli, lifecycle, telemetry};
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Cli::parse().into_config();
+    let signals = match lifecycle::Signals::install() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("draw64: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let _telemetry = match telemetry::init(&config) {
         Ok(guard) => guard,
         Err(e) => {
@@ -20,7 +27,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match app.run(lifecycle::shutdown_signal()).await {
+    match app.run(signals.shutdown()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server failed");

@@ -1,0 +1,262 @@
+//! Test harness: the real app on 127.0.0.1 port 0 with a fresh database, and clients that speak
+//! the wire protocols like a browser would.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use clap::Parser;
+use draw64::{App, config::Cli};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::{net::TcpStream, sync::oneshot};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// Starts the app in-process with extra command-line flags.
+pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("draw64.db").display());
+    let mut args = vec!["draw64", "--listen", "127.0.0.1:0", "--database", &db, "--drain-grace", "0"];
+    args.extend_from_slice(flags);
+    let config = Cli::try_parse_from(args).unwrap().into_config();
+    let app = App::build(&config).await.unwrap();
+    let addr = app.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(app.run(async move {
+        let _ = stopped.await;
+    }));
+    TestApp { addr, http: reqwest::Client::new(), stop: Some(stop), handle: Some(handle), _dir: dir }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn ws_url(&self, image: &str) -> String {
+        format!("ws://{}/ws/images/{image}", self.addr)
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let res = self.http.get(self.url(path)).send().await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap())
+    }
+
+    pub async fn put(&self, image: &str, body: &str) -> (u16, Value) {
+        let res = self.http.put(self.url(&format!("/images/{image}"))).body(body.to_owned()).send().await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap())
+    }
+
+    pub async fn post(&self, path: &str) -> (u16, Value) {
+        let res = self.http.post(self.url(path)).send().await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap())
+    }
+
+    pub async fn data(&self, image: &str) -> Vec<Vec<[u8; 3]>> {
+        let res = self.http.get(self.url(&format!("/images/{image}/data"))).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        res.json().await.unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(WAIT, self.handle.take().unwrap()).await.unwrap().unwrap().unwrap();
+    }
+}
+
+pub fn draw(pixels: &[[i64; 5]]) -> String {
+    serde_json::json!({"command": {"command_type": "draw", "values": pixels}}).to_string()
+}
+
+pub const CLEAR: &str = r#"{"command":{"command_type":"clear_canvas"}}"#;
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub async fn ws_connect(url: &str) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws
+}
+
+/// The next text frame as JSON (pings skipped); panics on close or after `WAIT`.
+pub async fn next_event(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next()).await.expect("event in time").expect("open").unwrap();
+        match msg {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server closes; returns the close code and the events before it.
+pub async fn until_close(ws: &mut Ws, max_events: usize) -> (u16, Vec<Value>) {
+    let mut events = Vec::new();
+    while events.len() <= max_events {
+        match tokio::time::timeout(WAIT, ws.next()).await.expect("close in time") {
+            Some(Ok(Message::Text(t))) => events.push(serde_json::from_str(&t).unwrap()),
+            Some(Ok(Message::Close(frame))) => return (frame.map(|f| u16::from(f.code)).unwrap_or(1005), events),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("socket error before close: {e}"),
+            None => panic!("closed without a close frame"),
+        }
+    }
+    panic!("no close after {max_events} events");
+}
+
+pub async fn ws_send(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+}
+
+/// A Server-Sent Events reader for `/sse/announce`.
+pub struct Sse {
+    stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub id: Option<u64>,
+    pub name: String,
+    pub data: Value,
+    pub comment: Option<String>,
+}
+
+impl Sse {
+    pub async fn open(app: &TestApp) -> Sse {
+        let res = app.http.get(app.url("/sse/announce")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+        Sse { stream: Box::pin(res.bytes_stream()), buf: String::new() }
+    }
+
+    /// The next event or comment block.
+    pub async fn next(&mut self) -> SseEvent {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut ev = SseEvent { id: None, name: String::new(), data: Value::Null, comment: None };
+                for line in block.lines() {
+                    if let Some(c) = line.strip_prefix(':') {
+                        ev.comment = Some(c.trim().to_owned());
+                    } else if let Some((k, v)) = line.split_once(':') {
+                        let v = v.strip_prefix(' ').unwrap_or(v);
+                        match k {
+                            "id" => ev.id = Some(v.parse().unwrap()),
+                            "event" => ev.name = v.to_owned(),
+                            "data" => ev.data = serde_json::from_str(v).unwrap(),
+                            _ => {}
+                        }
+                    }
+                }
+                return ev;
+            }
+            let chunk = tokio::time::timeout(WAIT, self.stream.next()).await.expect("SSE in time").unwrap().unwrap();
+            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    /// The next named event, skipping keep-alive comments.
+    pub async fn event(&mut self) -> SseEvent {
+        loop {
+            let ev = self.next().await;
+            if ev.comment.is_none() {
+                return ev;
+            }
+        }
+    }
+}
+
+/// The real `draw64` binary, for restarts, signals and `kill -9`.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    pub fn start(db: &Path, listen: &str, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_draw64"))
+            .args(["--listen", listen, "--database", &format!("sqlite://{}", db.display())])
+            .args(extra)
+            .env("DRAW64_LOG_FORMAT", "json")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("server printed its address").unwrap();
+            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if v["message"] == "listening" {
+                break v["address"].as_str().unwrap().parse().unwrap();
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        Server { child, addr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    /// Waits for the process to exit and returns its code (None if killed by a signal).
+    pub fn wait(mut self) -> Option<i32> {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "server did not exit in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn db_path(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("draw64.db")
+}
+
+/// Tests that need a tool CI installs: fail under `CI=true`, skip with a reason elsewhere.
+pub fn require(tool: &str, what: &str) -> bool {
+    let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{tool} is required for {what} under CI=true but is not installed");
+        }
+        eprintln!("SKIPPED {what}: {tool} is not installed");
+    }
+    found
+}

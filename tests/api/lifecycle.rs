@@ -1,0 +1,122 @@
+//! The real binary: restarts, the SIGTERM drain, a second signal, `kill -9`.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+async fn get(http: &reqwest::Client, url: String) -> (u16, Value) {
+    let res = http.get(url).send().await.unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_restart_keeps_images_pixels_and_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_path(&dir);
+    let http = reqwest::Client::new();
+    let server = Server::start(&db, "127.0.0.1:0", &["--drain-grace", "0"]);
+    http.post(server.url("/images/keep")).send().await.unwrap();
+    http.post(server.url("/images/gone")).send().await.unwrap();
+    http.delete(server.url("/images/gone")).send().await.unwrap();
+    for body in [draw(&[[1, 2, 3, 4, 5]]), draw(&[[63, 63, 9, 8, 7]])] {
+        assert_eq!(http.put(server.url("/images/keep")).body(body).send().await.unwrap().status(), 200);
+    }
+    let before_data = get(&http, server.url("/images/keep/data")).await;
+    let before_stats = get(&http, server.url("/statistics")).await;
+    assert_eq!(before_stats.1["image_updates"], json!({"keep": 2}));
+    server.signal(Signal::SIGTERM);
+    assert_eq!(server.wait(), Some(0));
+
+    let server = Server::start(&db, "127.0.0.1:0", &["--drain-grace", "0"]);
+    assert_eq!(get(&http, server.url("/images/keep/data")).await, before_data);
+    assert_eq!(get(&http, server.url("/statistics")).await, before_stats);
+    assert_eq!(get(&http, server.url("/images")).await, (200, json!([{"image_id": "keep"}])));
+    server.signal(Signal::SIGTERM);
+    assert_eq!(server.wait(), Some(0));
+}
+
+#[tokio::test]
+async fn kill_9_right_after_acknowledgement_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_path(&dir);
+    let http = reqwest::Client::new();
+    let server = Server::start(&db, "127.0.0.1:0", &[]);
+    http.post(server.url("/images/k")).send().await.unwrap();
+    // Concurrent writers, so acknowledgements come out of group commits.
+    let writers = (0..8).map(|w| {
+        let http = http.clone();
+        let url = server.url("/images/k");
+        tokio::spawn(async move {
+            for i in 0..25 {
+                let n = w * 25 + i; // 200 distinct cells
+                let body = draw(&[[n % 64, n / 64, (w + 1) as i64, i as i64, 7]]);
+                assert_eq!(http.put(&url).body(body).send().await.unwrap().status(), 200);
+            }
+        })
+    });
+    for w in writers {
+        w.await.unwrap();
+    }
+    server.signal(Signal::SIGKILL);
+    assert_eq!(server.wait(), None, "killed by the signal");
+
+    let server = Server::start(&db, "127.0.0.1:0", &[]);
+    let (_, data) = get(&http, server.url("/images/k/data")).await;
+    for w in 0..8i64 {
+        for i in 0..25i64 {
+            let n = w * 25 + i;
+            assert_eq!(data[(n % 64) as usize][(n / 64) as usize], json!([w + 1, i, 7]), "change {n} lost");
+        }
+    }
+    let (_, stats) = get(&http, server.url("/statistics")).await;
+    assert_eq!(stats["image_updates"]["k"], 200);
+}
+
+#[tokio::test]
+async fn sigterm_drains_then_closes_websockets_1001_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&db_path(&dir), "127.0.0.1:0", &["--drain-grace", "1500ms"]);
+    let http = reqwest::Client::new();
+    let mut ws = ws_connect(&format!("ws://{}/ws/images/drain", server.addr)).await;
+    let mut sse_app_url = server.url("/sse/announce");
+    let sse = http.get(std::mem::take(&mut sse_app_url)).send().await.unwrap();
+    assert_eq!(get(&http, server.url("/readyz")).await.0, 200);
+
+    let signalled = Instant::now();
+    server.signal(Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Not ready at once, but still serving, each answer closing its connection.
+    let res = http.get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["connection"], "close");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["checks"]["shutdown"], "draining");
+    assert!(body["detail"].as_str().unwrap().contains("shutdown"));
+    let res = http.put(server.url("/images/drain")).body(CLEAR).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["connection"], "close");
+    // The change made during the drain reached the socket; then it is closed with 1001.
+    let (code, events) = until_close(&mut ws, 5).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(code, 1001);
+    assert!(signalled.elapsed() >= Duration::from_millis(1400), "closed before the grace ended");
+    // The SSE stream ends too, so the process can exit.
+    let rest = tokio::time::timeout(WAIT, sse.bytes()).await.expect("SSE stream ended");
+    assert!(rest.is_ok());
+    assert_eq!(server.wait(), Some(0));
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&db_path(&dir), "127.0.0.1:0", &["--drain-grace", "60s"]);
+    server.signal(Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    server.signal(Signal::SIGINT);
+    assert_eq!(server.wait(), Some(130));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -1,0 +1,11 @@
+//! Black-box tests: the real server on 127.0.0.1, port 0, a fresh database each, spoken to over
+//! real sockets. Run with `cargo test`.
+
+mod browser;
+mod concurrency;
+mod helpers;
+mod lifecycle;
+mod parsers;
+mod rest;
+mod sse;
+mod websocket;

@@ -1,0 +1,166 @@
+// Browser scenario for Draw64: two pages on the real binary in headless Chromium.
+// Run by `cargo test` (tests/api/browser.rs) with DRAW64_BIN and OUT_DIR set.
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import assert from 'node:assert/strict';
+import { chromium } from 'playwright-core';
+
+const BIN = process.env.DRAW64_BIN;
+const OUT = process.env.OUT_DIR || '.';
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const work = mkdtempSync(join(tmpdir(), 'draw64-browser-'));
+const db = join(work, 'draw64.db');
+
+function startServer(listen) {
+  const proc = spawn(BIN, ['--listen', listen, '--database', `sqlite://${db}`, '--drain-grace', '0'], {
+    env: { ...process.env, DRAW64_LOG_FORMAT: 'json' },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  return new Promise((resolve, reject) => {
+    const lines = createInterface({ input: proc.stderr });
+    lines.on('line', (line) => {
+      try {
+        const v = JSON.parse(line);
+        if (v.message === 'listening') resolve({ proc, addr: v.address });
+      } catch { /* not JSON */ }
+    });
+    proc.on('exit', (code) => reject(new Error(`server exited early (${code})`)));
+  });
+}
+
+async function stopServer(server) {
+  const exited = once(server.proc, 'exit');
+  server.proc.kill('SIGTERM');
+  const [code] = await exited;
+  assert.equal(code, 0, 'server exits 0 on SIGTERM');
+}
+
+const step = (name) => console.log(`browser: ${name}`);
+const hex = (h) => [0, 2, 4].map((i) => parseInt(h.slice(i, i + 2), 16));
+
+async function cellColor(page, x, y) {
+  return page.evaluate(([x, y]) => {
+    const d = document.getElementById('canvas').getContext('2d').getImageData(x * 10 + 5, y * 10 + 5, 1, 1).data;
+    return [d[0], d[1], d[2]];
+  }, [x, y]);
+}
+
+async function waitCell(page, x, y, rgb) {
+  await page.waitForFunction(([x, y, rgb]) => {
+    const d = document.getElementById('canvas').getContext('2d').getImageData(x * 10 + 5, y * 10 + 5, 1, 1).data;
+    return d[0] === rgb[0] && d[1] === rgb[1] && d[2] === rgb[2];
+  }, [x, y, rgb], { timeout: 10000 });
+}
+
+const ready = (page) => page.waitForFunction(
+  () => document.body.dataset.connection === 'open' && document.body.dataset.loadedImage === 'default',
+  null, { timeout: 10000 });
+
+let server = await startServer('127.0.0.1:0');
+const base = `http://${server.addr}`;
+const api = async (path, init) => fetch(base + path, init);
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync'],
+});
+let failed = false;
+try {
+  const ctx = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  const a = await ctx.newPage();
+  const b = await ctx.newPage();
+  for (const p of [a, b]) p.on('pageerror', (e) => { failed = true; console.error('page error:', e); });
+
+  step('page A opens default; the user count shows 1');
+  await a.goto(base);
+  await ready(a);
+  await a.waitForFunction(() => document.getElementById('user-count').textContent === '1');
+  const swatches = await a.$$eval('#palette > *', (els) => els.map((e) => getComputedStyle(e).backgroundColor));
+  assert.equal(swatches.length, 16);
+  assert.equal(swatches[2], 'rgb(177, 62, 83)');
+
+  step('page B opens; A sees the user count change to 2');
+  await b.goto(base);
+  await ready(b);
+  await a.waitForFunction(() => document.getElementById('user-count').textContent === '2');
+
+  step('draw a stroke on A with real pointer events');
+  await a.click('#palette > :nth-child(3)');
+  const box = await a.locator('#canvas').boundingBox();
+  const at = (x, y) => [box.x + x * 10 + 5, box.y + y * 10 + 5];
+  await a.mouse.move(...at(10, 20));
+  await a.mouse.down();
+  await a.mouse.move(...at(11, 20), { steps: 3 });
+  await a.mouse.move(...at(12, 21), { steps: 3 });
+  await a.mouse.up();
+  const red = hex('b13e53');
+  for (const [x, y] of [[10, 20], [11, 20], [12, 21]]) {
+    await waitCell(b, x, y, red);
+  }
+  const data = await (await api('/images/default/data')).json();
+  assert.deepEqual(data[10][20], red);
+  assert.deepEqual(data[12][21], red);
+  assert.deepEqual(await cellColor(a, 10, 20), red);
+
+  step('the heart button draws on both pages');
+  const before = (await (await api('/images/default/data')).json()).flat().filter((p) => p.join() !== '255,255,255').length;
+  await b.click('#random');
+  await a.waitForFunction(async (n) => {
+    const d = await (await fetch('/images/default/data')).json();
+    return d.flat().filter((p) => p.join() !== '255,255,255').length > n;
+  }, before, { timeout: 10000, polling: 200 });
+
+  step('a clear from B clears A');
+  await b.click('#clear');
+  await a.waitForFunction(() => {
+    const d = document.getElementById('canvas').getContext('2d').getImageData(105, 205, 1, 1).data;
+    return d[1] > 200;
+  }, null, { timeout: 10000 });
+  const cleared = await (await api('/images/default/data')).json();
+  assert.ok(cleared.flat().every((p) => p.join() === '255,255,255'));
+
+  step('an image created elsewhere appears in the selector');
+  assert.equal((await api('/images/elsewhere', { method: 'POST' })).status, 201);
+  await a.waitForSelector('#images option[value="elsewhere"]', { state: 'attached', timeout: 10000 });
+
+  step('deleting the open image sends the page to default, without bringing it back');
+  await a.selectOption('#images', 'elsewhere');
+  await a.waitForFunction(() => document.body.dataset.connection === 'open' && document.body.dataset.loadedImage === 'elsewhere');
+  assert.equal((await api('/images/elsewhere', { method: 'DELETE' })).status, 200);
+  await ready(a);
+  assert.equal(await a.inputValue('#images'), 'default');
+  await a.waitForSelector('#images option[value="elsewhere"]', { state: 'detached', timeout: 10000 });
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal((await api('/images/elsewhere')).status, 404, 'the deleted image came back');
+
+  step('the server drops the page; the page reconnects and shows a change made while away');
+  await stopServer(server);
+  await a.waitForFunction(() => document.body.dataset.connection !== 'open', null, { timeout: 10000 });
+  await new Promise((r) => setTimeout(r, 1500)); // let the page's backoff grow past the restart
+  server = await startServer(server.addr);
+  const blue = hex('3b5dc9');
+  const put = await api('/images/default', {
+    method: 'PUT',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ command: { command_type: 'draw', values: [[30, 30, ...blue]] } }),
+  });
+  assert.equal(put.status, 200);
+  await a.waitForFunction(() => document.body.dataset.connection === 'open', null, { timeout: 15000 });
+  await waitCell(a, 30, 30, blue);
+
+  await a.screenshot({ path: join(OUT, 'page.png') });
+  step(`screenshot saved to ${join(OUT, 'page.png')}`);
+} catch (e) {
+  failed = true;
+  console.error(e);
+} finally {
+  await browser.close();
+  await stopServer(server).catch(() => {});
+  rmSync(work, { recursive: true, force: true });
+}
+if (failed) process.exit(1);
+console.log('browser: all steps passed');
