@@ -98,6 +98,11 @@ impl Service {
 
     /// Creates the image if missing; answers whether this call created it.
     pub async fn ensure(&self, id: ImageId) -> Result<bool, ServiceError> {
+        // Most connects are to existing images: skip the writer's queue for them. A delete
+        // racing with this is caught by `subscribe` answering `None`.
+        if self.exists(&id) {
+            return Ok(false);
+        }
         self.call(|reply| Op::Ensure { id, reply }).await
     }
 

@@ -154,6 +154,32 @@ try {
 
   await a.screenshot({ path: join(OUT, 'page.png') });
   step(`screenshot saved to ${join(OUT, 'page.png')}`);
+
+  step('/docs works with no network: every request stays on the server');
+  const offline = await browser.newContext({ viewport: { width: 1100, height: 900 } });
+  const outside = [];
+  await offline.route('**/*', (route) => {
+    const url = new URL(route.request().url());
+    if (url.host === server.addr) return route.continue();
+    outside.push(url.href);
+    return route.abort();
+  });
+  const docs = await offline.newPage();
+  docs.on('pageerror', (e) => { failed = true; console.error('docs page error:', e); });
+  await docs.goto(`${base}/docs`);
+  await docs.waitForFunction(() => document.querySelectorAll('.opblock').length >= 11, null, { timeout: 15000 });
+  // Try it out: run GET /statistics from the page.
+  await docs.click('#operations-statistics-statistics .opblock-summary');
+  await docs.click('#operations-statistics-statistics .try-out__btn');
+  await docs.click('#operations-statistics-statistics .execute');
+  await docs.waitForFunction(() => (document.querySelector(
+    '#operations-statistics-statistics .live-responses-table')?.textContent ?? '').includes('images_created'),
+  null, { timeout: 10000 });
+  const shown = await docs.textContent('#operations-statistics-statistics .live-responses-table');
+  assert.match(shown, /200/);
+  assert.deepEqual(outside, [], 'the docs page reached outside the server');
+  await docs.screenshot({ path: join(OUT, 'docs.png') });
+  await offline.close();
 } catch (e) {
   failed = true;
   console.error(e);
