@@ -35,11 +35,8 @@ impl App {
         let limits = Limits { max_images: config.max_images, max_total_images: config.max_total_images };
         let service = Service::start(store, limits)?;
         let listener = TcpListener::bind(config.listen).await.map_err(|e| StartupError::Bind(config.listen, e))?;
-        let state = AppState {
-            service,
-            lifecycle: Arc::new(Lifecycle::default()),
-            ws_ping_interval: config.ws_ping_interval,
-        };
+        let state =
+            AppState { service, lifecycle: Arc::new(Lifecycle::default()), ws_ping_interval: config.ws_ping_interval };
         Ok(Self { listener, state, drain_grace: config.drain_grace, shutdown_timeout: config.shutdown_timeout })
     }
 

@@ -51,9 +51,9 @@ impl Command {
             ("draw", Some(values)) => Ok(Command::Draw(values)),
             ("draw", None) => Err(CommandError::new("a draw command needs \"values\": [[x, y, r, g, b], ...]")),
             ("clear_canvas", _) => Ok(Command::ClearCanvas),
-            (other, _) => Err(CommandError::new(format!(
-                "unknown command_type {other:?}; expected \"draw\" or \"clear_canvas\""
-            ))),
+            (other, _) => {
+                Err(CommandError::new(format!("unknown command_type {other:?}; expected \"draw\" or \"clear_canvas\"")))
+            }
         }
     }
 
@@ -108,9 +108,7 @@ impl<'de> Visitor<'de> for PixelVisitor {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Pixel, A::Error> {
         let mut n = [0i64; 5];
         for (i, slot) in n.iter_mut().enumerate() {
-            *slot = seq
-                .next_element::<i64>()?
-                .ok_or_else(|| de::Error::custom(format!("{PIXEL_SHAPE}; got {i}")))?;
+            *slot = seq.next_element::<i64>()?.ok_or_else(|| de::Error::custom(format!("{PIXEL_SHAPE}; got {i}")))?;
         }
         if seq.next_element::<IgnoredAny>()?.is_some() {
             return Err(de::Error::custom(format!("{PIXEL_SHAPE}; got more than 5")));

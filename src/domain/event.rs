@@ -48,7 +48,10 @@ mod tests {
             v(image_updated(&id, &Command::ClearCanvas)),
             json!({"event":{"event_type":"image_updated","image_id":"abc","command":{"command_type":"clear_canvas"}}})
         );
-        assert_eq!(v(about_image("image_deleted", &id)), json!({"event":{"event_type":"image_deleted","image_id":"abc"}}));
+        assert_eq!(
+            v(about_image("image_deleted", &id)),
+            json!({"event":{"event_type":"image_deleted","image_id":"abc"}})
+        );
         assert_eq!(v(bare("user_connected")), json!({"event":{"event_type":"user_connected"}}));
         assert_eq!(v(user_count_updated(3)), json!({"event":{"event_type":"user_count_updated","user_count":3}}));
         assert_eq!(v(error("a \"b\"\n")), json!({"event":{"event_type":"error","detail":"a \"b\"\n"}}));

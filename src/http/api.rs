@@ -71,7 +71,10 @@ pub async fn create_random(State(app): State<AppState>) -> Result<(StatusCode, J
         (status = 201, description = "Created", body = ImageInfo),
         (status = 409, description = "The id exists, or the active-image limit is reached", body = Detail),
         (status = 422, description = "Invalid image id", body = Detail)))]
-pub async fn create(State(app): State<AppState>, ImagePath(id): ImagePath) -> Result<(StatusCode, Json<ImageInfo>), ApiError> {
+pub async fn create(
+    State(app): State<AppState>,
+    ImagePath(id): ImagePath,
+) -> Result<(StatusCode, Json<ImageInfo>), ApiError> {
     let id = app.service.create(Some(id)).await?;
     Ok((StatusCode::CREATED, Json(ImageInfo::from(&id))))
 }

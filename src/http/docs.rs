@@ -8,12 +8,24 @@ use super::{AppState, api, health};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Draw64", description = "A real-time collaborative 64×64 pixel canvas. \
+    info(
+        title = "Draw64",
+        description = "A real-time collaborative 64×64 pixel canvas. \
         WebSocket: `GET /ws/images/{image_id}` (send the PUT body as text frames; receive \
-        `image_updated`, `image_deleted` and `error` events). Server-Sent Events: `GET /sse/announce`."),
+        `image_updated`, `image_deleted` and `error` events). Server-Sent Events: `GET /sse/announce`."
+    ),
     paths(
-        api::list, api::create_random, api::create, api::get, api::png, api::data, api::put, api::delete,
-        api::statistics, health::healthz, health::readyz
+        api::list,
+        api::create_random,
+        api::create,
+        api::get,
+        api::png,
+        api::data,
+        api::put,
+        api::delete,
+        api::statistics,
+        health::healthz,
+        health::readyz
     )
 )]
 pub struct ApiDoc;

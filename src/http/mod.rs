@@ -8,16 +8,12 @@ mod extract;
 mod health;
 mod middleware;
 mod sse;
-pub mod ws;
 mod web;
+pub mod ws;
 
 use std::{sync::Arc, time::Duration};
 
-use axum::{
-    Router,
-    extract::DefaultBodyLimit,
-    routing::get,
-};
+use axum::{Router, extract::DefaultBodyLimit, routing::get};
 
 use crate::{lifecycle::Lifecycle, service::Service};
 
@@ -36,10 +32,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(web::index))
         .route("/static/{file}", get(web::asset))
         .route("/images", get(api::list).post(api::create_random))
-        .route(
-            "/images/{image_id}",
-            get(api::get_or_png).post(api::create).put(api::put).delete(api::delete),
-        )
+        .route("/images/{image_id}", get(api::get_or_png).post(api::create).put(api::put).delete(api::delete))
         .route("/images/{image_id}/data", get(api::data))
         .route("/statistics", get(api::statistics))
         .route("/ws/images/{image_id}", get(ws::upgrade))

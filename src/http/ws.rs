@@ -146,10 +146,7 @@ async fn handle_command(app: &AppState, id: &ImageId, frame: &[u8]) -> Option<St
 
 fn is_too_big(e: axum::Error) -> bool {
     use tokio_tungstenite::tungstenite::{Error, error::CapacityError};
-    matches!(
-        e.into_inner().downcast_ref::<Error>(),
-        Some(Error::Capacity(CapacityError::MessageTooLong { .. }))
-    )
+    matches!(e.into_inner().downcast_ref::<Error>(), Some(Error::Capacity(CapacityError::MessageTooLong { .. })))
 }
 
 async fn close(sink: &mut Sink, code: u16, reason: &str) {

@@ -86,7 +86,10 @@ impl Service {
         Ok(Self { ops, live, writer: Arc::new(Mutex::new(Some(handle))) })
     }
 
-    async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<Result<T, ServiceError>>) -> Op) -> Result<T, ServiceError> {
+    async fn call<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<T, ServiceError>>) -> Op,
+    ) -> Result<T, ServiceError> {
         let (tx, rx) = oneshot::channel();
         self.ops.send(op(tx)).await.map_err(|_| ServiceError::Stopped)?;
         rx.await.map_err(|_| ServiceError::Stopped)?

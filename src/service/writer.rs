@@ -31,13 +31,28 @@ type Reply<T> = oneshot::Sender<Result<T, ServiceError>>;
 
 pub enum Op {
     /// `POST /images[/{id}]`: subject to the active-image limit. `None` picks a random id.
-    Create { id: Option<ImageId>, reply: Reply<ImageId> },
+    Create {
+        id: Option<ImageId>,
+        reply: Reply<ImageId>,
+    },
     /// WebSocket connect: creates the image if missing (capped by the total limit); answers
     /// whether it was created.
-    Ensure { id: ImageId, reply: Reply<bool> },
-    Apply { id: ImageId, command: Command, reply: Reply<()> },
-    Delete { id: ImageId, reply: Reply<()> },
-    Ping { reply: Reply<()> },
+    Ensure {
+        id: ImageId,
+        reply: Reply<bool>,
+    },
+    Apply {
+        id: ImageId,
+        command: Command,
+        reply: Reply<()>,
+    },
+    Delete {
+        id: ImageId,
+        reply: Reply<()>,
+    },
+    Ping {
+        reply: Reply<()>,
+    },
     /// Commit what came before, then exit; later callers get `ServiceError::Stopped`.
     Stop,
 }
@@ -62,7 +77,13 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(store: Box<dyn Store>, images: Vec<StoredImage>, counters: Counters, live: Arc<Live>, limits: Limits) -> Self {
+    pub fn new(
+        store: Box<dyn Store>,
+        images: Vec<StoredImage>,
+        counters: Counters,
+        live: Arc<Live>,
+        limits: Limits,
+    ) -> Self {
         let images = images.into_iter().map(|img| (img.id.clone(), img)).collect();
         Self { store, images, counters, live, limits, rng: fastrand::Rng::new() }
     }
@@ -251,9 +272,9 @@ impl Outcome {
         match self {
             Outcome::Created { reply, .. } => drop(reply.send(Err(error))),
             Outcome::Ensured { reply, .. } => drop(reply.send(Err(error))),
-            Outcome::Applied { reply, .. }
-            | Outcome::Deleted { reply, .. }
-            | Outcome::Pinged { reply } => drop(reply.send(Err(error))),
+            Outcome::Applied { reply, .. } | Outcome::Deleted { reply, .. } | Outcome::Pinged { reply } => {
+                drop(reply.send(Err(error)))
+            }
             // Refused for its own reason, which stays the more useful answer.
             Outcome::Refused { reply, error } => reply(error),
         }

@@ -8,8 +8,7 @@ use super::{Counters, Snapshot, Store, StoreError, StoredImage, Write};
 use crate::domain::{Canvas, ImageId};
 
 /// Versioned migrations; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE images (
+const MIGRATIONS: &[&str] = &["CREATE TABLE images (
         image_id TEXT PRIMARY KEY NOT NULL,
         pixels   BLOB NOT NULL,
         version  INTEGER NOT NULL,
@@ -19,8 +18,7 @@ const MIGRATIONS: &[&str] = &[
         name  TEXT PRIMARY KEY NOT NULL,
         value INTEGER NOT NULL
     ) STRICT;
-    INSERT INTO counters (name, value) VALUES ('images_created', 0), ('images_deleted', 0);",
-];
+    INSERT INTO counters (name, value) VALUES ('images_created', 0), ('images_deleted', 0);"];
 
 pub struct SqliteStore {
     conn: Connection,

@@ -251,7 +251,8 @@ pub fn db_path(dir: &tempfile::TempDir) -> PathBuf {
 
 /// Tests that need a tool CI installs: fail under `CI=true`, skip with a reason elsewhere.
 pub fn require(tool: &str, what: &str) -> bool {
-    let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
+    let found =
+        Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
     if !found {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("{tool} is required for {what} under CI=true but is not installed");

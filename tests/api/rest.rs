@@ -57,13 +57,7 @@ async fn invalid_ids_are_422_on_every_route_before_lookup() {
             ("PUT", format!("/images/{bad}")),
             ("DELETE", format!("/images/{bad}")),
         ] {
-            let res = app
-                .http
-                .request(method.parse().unwrap(), app.url(&path))
-                .body(CLEAR)
-                .send()
-                .await
-                .unwrap();
+            let res = app.http.request(method.parse().unwrap(), app.url(&path)).body(CLEAR).send().await.unwrap();
             assert_eq!(res.status(), 422, "{method} {path}");
             let detail = res.json::<Value>().await.unwrap()["detail"].as_str().unwrap().to_owned();
             assert!(detail.contains("image_id"), "{method} {path}: {detail}");
@@ -93,7 +87,13 @@ async fn put_draws_skips_outside_pixels_and_data_is_x_first() {
     assert_eq!(changed, 2);
 
     // With an explicit JSON Content-Type too.
-    let res = app.http.put(app.url("/images/pic")).json(&json!({"command": {"command_type": "clear_canvas"}})).send().await.unwrap();
+    let res = app
+        .http
+        .put(app.url("/images/pic"))
+        .json(&json!({"command": {"command_type": "clear_canvas"}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert!(app.data("pic").await.iter().flatten().all(|p| *p == [255, 255, 255]));
     app.stop().await;
@@ -124,7 +124,8 @@ async fn bad_commands_are_422_with_a_reason_and_change_nothing() {
         let detail = answer["detail"].as_str().unwrap();
         assert!(detail.contains(reason), "{body}: {detail}");
     }
-    let res = app.http.put(app.url("/images/pic")).header("content-type", "text/plain").body(CLEAR).send().await.unwrap();
+    let res =
+        app.http.put(app.url("/images/pic")).header("content-type", "text/plain").body(CLEAR).send().await.unwrap();
     assert_eq!(res.status(), 422);
     assert!(res.json::<Value>().await.unwrap()["detail"].as_str().unwrap().contains("text/plain"));
     assert!(app.data("pic").await.iter().flatten().all(|p| *p == [255, 255, 255]), "a rejected command changed pixels");

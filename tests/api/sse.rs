@@ -49,7 +49,10 @@ async fn announces_images_and_users_with_counting_ids() {
     app.put("made", CLEAR).await;
     drop(ws2);
     let ev = sse.event().await;
-    assert_eq!((ev.name.as_str(), &ev.data), ("user_disconnected", &json!({"event": {"event_type": "user_disconnected"}})));
+    assert_eq!(
+        (ev.name.as_str(), &ev.data),
+        ("user_disconnected", &json!({"event": {"event_type": "user_disconnected"}}))
+    );
     let ev = sse.event().await;
     assert_eq!((ev.id, ev.name.as_str(), &ev.data["event"]["user_count"]), (Some(8), "user_count_updated", &json!(1)));
 
