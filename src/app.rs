@@ -12,6 +12,7 @@ use crate::{
     lifecycle::Lifecycle,
     service::{Limits, Service},
     store::{self, StoreError},
+    telemetry::Telemetry,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -24,33 +25,65 @@ pub enum StartupError {
 
 pub struct App {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     drain_grace: Duration,
     shutdown_timeout: Duration,
 }
 
 impl App {
-    pub async fn build(config: &Config) -> Result<Self, StartupError> {
+    /// Without `telemetry` (tests in-process) there is no metrics port.
+    pub async fn build(config: &Config, telemetry: Option<&Telemetry>) -> Result<Self, StartupError> {
         let store = store::open(&config.database)?;
         let limits = Limits { max_images: config.max_images, max_total_images: config.max_total_images };
         let service = Service::start(store, limits)?;
         let listener = TcpListener::bind(config.listen).await.map_err(|e| StartupError::Bind(config.listen, e))?;
-        let state =
-            AppState { service, lifecycle: Arc::new(Lifecycle::default()), ws_ping_interval: config.ws_ping_interval };
-        Ok(Self { listener, state, drain_grace: config.drain_grace, shutdown_timeout: config.shutdown_timeout })
+        let metrics_listener = match telemetry.and_then(Telemetry::prometheus_addr) {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| StartupError::Bind(addr, e))?),
+            None => None,
+        };
+        let instance_id = telemetry.map_or_else(|| format!("draw64-{}", std::process::id()), |t| t.instance_id.clone());
+        let state = AppState {
+            service,
+            lifecycle: Arc::new(Lifecycle::default()),
+            ws_ping_interval: config.ws_ping_interval,
+            instance_id: instance_id.into(),
+            prometheus: telemetry.and_then(|t| t.prometheus.clone()),
+        };
+        Ok(Self {
+            listener,
+            metrics_listener,
+            state,
+            drain_grace: config.drain_grace,
+            shutdown_timeout: config.shutdown_timeout,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` resolves, then: readiness 503 and `Connection: close` for the
     /// drain grace; WebSockets closed with 1001 and SSE streams ended; open requests given up
     /// to the shutdown timeout; queued writes committed.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let Self { listener, state, drain_grace, shutdown_timeout } = self;
+        let Self { listener, metrics_listener, state, drain_grace, shutdown_timeout } = self;
         let lifecycle = state.lifecycle.clone();
         let service = state.service.clone();
+        if let Some(metrics) = metrics_listener {
+            tracing::info!(address = %metrics.local_addr()?, "metrics listening");
+            let server = axum::serve(metrics, http::metrics::router(state.clone()))
+                .with_graceful_shutdown(lifecycle.closing());
+            tokio::spawn(async move {
+                if let Err(e) = server.await {
+                    tracing::error!(error = %e, "metrics server failed");
+                }
+            });
+        }
         tracing::info!(address = %listener.local_addr()?, "listening");
         let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(lifecycle.closing());
         let mut server = tokio::spawn(server.into_future());

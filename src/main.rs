@@ -13,25 +13,28 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let _telemetry = match telemetry::init(&config) {
-        Ok(guard) => guard,
+    let telemetry = match telemetry::init(&config) {
+        Ok(telemetry) => std::sync::Arc::new(telemetry),
         Err(e) => {
             eprintln!("draw64: {e}");
             return ExitCode::from(2);
         }
     };
-    let app = match App::build(&config).await {
+    let app = match App::build(&config, Some(&telemetry)).await {
         Ok(app) => app,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             return ExitCode::FAILURE;
         }
     };
-    match app.run(signals.shutdown()).await {
+    let code = match app.run(signals.shutdown()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server failed");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Flushing blocks on the exporters' tasks: do it off the async workers.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    code
 }

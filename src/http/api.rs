@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use super::{
     AppState,
-    error::{ApiError, Detail},
+    error::{ApiError, Detail, count_rejection},
     extract::{CommandBody, ImagePath},
 };
 use crate::{
@@ -135,9 +135,13 @@ pub async fn data(State(app): State<AppState>, ImagePath(id): ImagePath) -> Resu
 pub async fn put(
     State(app): State<AppState>,
     ImagePath(id): ImagePath,
-    CommandBody(command): CommandBody,
+    body: Result<CommandBody, ApiError>,
 ) -> Result<Json<()>, ApiError> {
-    app.service.apply(id, command).await?;
+    let result = match body {
+        Ok(CommandBody(command)) => app.service.apply(id, command).await.map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    result.inspect_err(count_rejection)?;
     Ok(Json(()))
 }
 

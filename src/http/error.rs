@@ -63,6 +63,17 @@ impl ApiError {
     }
 }
 
+/// Counts a refused command in `draw64.commands.rejected`, by a bounded reason.
+pub fn count_rejection(e: &ApiError) {
+    let reason = match e {
+        ApiError::TooLarge => "too_large",
+        ApiError::Service(ServiceError::NotFound) => "not_found",
+        ApiError::Service(ServiceError::Unavailable(_) | ServiceError::Stopped) => "unavailable",
+        _ => "invalid",
+    };
+    crate::telemetry::metrics().commands_rejected.add(1, &[opentelemetry::KeyValue::new("draw64.reject.reason", reason)]);
+}
+
 /// The body of every error answer.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct Detail {

@@ -19,8 +19,17 @@ pub struct Readiness {
     /// Present when not ready: which checks failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<String>,
-    /// Each check: `ok` or what is wrong.
-    checks: std::collections::BTreeMap<&'static str, String>,
+    /// Each check by name (`store`, `shutdown`).
+    checks: std::collections::BTreeMap<&'static str, Check>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Check {
+    /// `ok` or what is wrong.
+    status: String,
+    /// How long the check took, for checks that reach a dependency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_seconds: Option<f64>,
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "health",
@@ -35,14 +44,15 @@ pub async fn healthz() -> Json<Value> {
         (status = 503, description = "Not ready: the failing checks are named", body = Readiness)))]
 pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let mut checks = std::collections::BTreeMap::new();
+    let started = std::time::Instant::now();
     let store = match app.service.ping(STORE_TIMEOUT).await {
         Ok(()) => "ok".to_owned(),
         Err(e) => e.to_string(),
     };
-    checks.insert("store", store);
+    checks.insert("store", Check { status: store, latency_seconds: Some(started.elapsed().as_secs_f64()) });
     let shutdown = if app.lifecycle.is_draining() { "draining" } else { "ok" };
-    checks.insert("shutdown", shutdown.to_owned());
-    let failing: Vec<&str> = checks.iter().filter(|(_, v)| *v != "ok").map(|(k, _)| *k).collect();
+    checks.insert("shutdown", Check { status: shutdown.to_owned(), latency_seconds: None });
+    let failing: Vec<&str> = checks.iter().filter(|(_, c)| c.status != "ok").map(|(k, _)| *k).collect();
     if failing.is_empty() {
         (StatusCode::OK, Json(Readiness { status: "ok", detail: None, checks }))
     } else {

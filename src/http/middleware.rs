@@ -13,6 +13,9 @@ pub async fn headers(State(app): State<AppState>, req: Request, next: Next) -> R
     let mut res = next.run(req).await;
     let headers = res.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+    if let Ok(id) = HeaderValue::from_str(&app.instance_id) {
+        headers.insert("x-served-by", id);
+    }
     // While draining, each answer closes its connection so the balancer's next request goes
     // to another instance. Not on an upgrade: that would break the WebSocket handshake.
     if app.lifecycle.is_draining() && res.status() != StatusCode::SWITCHING_PROTOCOLS {

@@ -6,7 +6,9 @@ pub mod docs;
 pub mod error;
 mod extract;
 mod health;
+pub mod metrics;
 mod middleware;
+mod observe;
 mod sse;
 mod web;
 pub mod ws;
@@ -25,6 +27,10 @@ pub struct AppState {
     pub service: Service,
     pub lifecycle: Arc<Lifecycle>,
     pub ws_ping_interval: Duration,
+    /// `service.instance.id`, sent as `X-Served-By` on every answer.
+    pub instance_id: Arc<str>,
+    /// What `/metrics` encodes, when metrics go to Prometheus.
+    pub prometheus: Option<prometheus::Registry>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -44,5 +50,6 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::headers))
+        .layer(axum::middleware::from_fn(observe::observe))
         .with_state(state)
 }

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+
 use axum::{
     extract::{
         Path, State,
@@ -15,10 +16,21 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use futures_util::{SinkExt, StreamExt, stream::SplitSink};
+use opentelemetry::{KeyValue, trace::TraceContextExt};
 use tokio::sync::broadcast::error::RecvError;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::{AppState, error::ApiError};
-use crate::domain::{Command, ImageId, event};
+use opentelemetry_semantic_conventions::attribute as attr;
+
+use super::{
+    AppState,
+    error::{ApiError, count_rejection},
+};
+use crate::{
+    domain::{Command, ImageId, event},
+    telemetry::metrics,
+};
 
 /// Largest frame or message a client may send (close 1009 beyond).
 const MAX_MESSAGE: usize = 1 << 20;
@@ -59,12 +71,78 @@ pub async fn upgrade(
 
 type Sink = SplitSink<WebSocket, Message>;
 
+/// Why a socket ended, for the disconnections metric and the close span.
+#[derive(Clone, Copy)]
+enum End {
+    Client,
+    Lagged,
+    Deleted,
+    Shutdown,
+    TooBig,
+    Silent,
+    Error,
+}
+
+impl End {
+    fn as_str(self) -> &'static str {
+        match self {
+            End::Client => "client",
+            End::Lagged => "lagged",
+            End::Deleted => "deleted",
+            End::Shutdown => "shutdown",
+            End::TooBig => "too_big",
+            End::Silent => "silent",
+            End::Error => "error",
+        }
+    }
+}
+
+fn count_out(kind: &'static str) {
+    metrics().ws_messages.add(1, &[KeyValue::new("draw64.direction", "out"), KeyValue::new("draw64.message.type", kind)]);
+}
+
+fn count_in(kind: &'static str) {
+    metrics().ws_messages.add(1, &[KeyValue::new("draw64.direction", "in"), KeyValue::new("draw64.message.type", kind)]);
+}
+
 async fn session(socket: WebSocket, id: ImageId, created: bool, app: AppState) {
-    let _presence = app.service.join(created.then_some(&id));
+    let session_id = format!("{:016x}", fastrand::u64(..));
+    let opened = Instant::now();
+    // Short spans for the connect and the close; none held open for the socket's lifetime,
+    // so an idle socket costs no tracing state. Commands link back to the connect.
+    let connect = tracing::info_span!("ws connect", otel.name = "ws connect", otel.kind = "server");
+    connect.set_attribute("draw64.image.id", id.to_string());
+    connect.set_attribute("draw64.ws.session_id", session_id.clone());
+    connect.set_attribute("draw64.image.created", created);
+    let connect_cx = connect.context().span().span_context().clone();
+    drop(connect);
+
+    metrics().ws_connections.add(1, &[]);
+    let _presence = app.service.join(&id, created);
+    let end = run(socket, &id, &session_id, &connect_cx, &app).await;
+    metrics().ws_connections.add(-1, &[]);
+    metrics().ws_disconnections.add(1, &[KeyValue::new("draw64.close.reason", end.as_str())]);
+
+    let close = tracing::info_span!("ws close", otel.name = "ws close", otel.kind = "server");
+    close.add_link(connect_cx);
+    close.set_attribute("draw64.image.id", id.to_string());
+    close.set_attribute("draw64.ws.session_id", session_id);
+    close.set_attribute("draw64.close.reason", end.as_str());
+    close.set_attribute("draw64.ws.duration", opened.elapsed().as_secs_f64());
+}
+
+async fn run(
+    socket: WebSocket,
+    id: &ImageId,
+    session_id: &str,
+    connect: &opentelemetry::trace::SpanContext,
+    app: &AppState,
+) -> End {
     let (mut sink, mut stream) = socket.split();
-    let Some(mut events) = app.service.subscribe(&id) else {
+    let Some(mut events) = app.service.subscribe(id) else {
         // Deleted between the handshake and now.
-        return close(&mut sink, CLOSE_IMAGE_DELETED, "Image deleted.").await;
+        close(&mut sink, CLOSE_IMAGE_DELETED, "Image deleted.").await;
+        return End::Deleted;
     };
     let closing = app.lifecycle.closing();
     tokio::pin!(closing);
@@ -76,71 +154,111 @@ async fn session(socket: WebSocket, id: ImageId, created: bool, app: AppState) {
         tokio::select! {
             biased;
             _ = &mut closing => {
-                return close(&mut sink, CLOSE_GOING_AWAY, "Server shutting down; reconnect.").await;
+                close(&mut sink, CLOSE_GOING_AWAY, "Server shutting down; reconnect.").await;
+                return End::Shutdown;
             }
             event = events.recv() => match event {
-                Ok(text) => {
-                    if sink.send(Message::Text(text)).await.is_err() {
-                        return;
+                Ok(event) => {
+                    metrics().fanout_latency.record(event.committed_at.elapsed().as_secs_f64(), &[]);
+                    count_out(event.kind);
+                    if sink.send(Message::Text(event.text)).await.is_err() {
+                        return End::Error;
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {
                     tracing::info!(image_id = %id, missed, "subscriber lagged; closing it");
+                    metrics().subscriber_lagged.add(1, &[]);
                     let reason = format!("Fell {missed} events behind; reconnect and reload the image.");
-                    return close(&mut sink, CLOSE_TRY_AGAIN_LATER, &reason).await;
+                    close(&mut sink, CLOSE_TRY_AGAIN_LATER, &reason).await;
+                    return End::Lagged;
                 }
                 Err(RecvError::Closed) => {
-                    return close(&mut sink, CLOSE_IMAGE_DELETED, "Image deleted.").await;
+                    close(&mut sink, CLOSE_IMAGE_DELETED, "Image deleted.").await;
+                    return End::Deleted;
                 }
             },
             frame = stream.next() => {
                 last_heard = Instant::now();
                 match frame {
                     Some(Ok(Message::Text(text))) => {
-                        if let Some(detail) = handle_command(&app, &id, text.as_bytes()).await {
+                        if let Some(detail) = handle_command(app, id, session_id, connect, text.as_bytes()).await {
+                            count_out("error");
                             if sink.send(Message::Text(event::error(&detail).into())).await.is_err() {
-                                return;
+                                return End::Error;
                             }
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
+                        count_in("binary");
+                        count_out("error");
                         let text = event::error("Binary frames are not accepted; send the command as JSON text.");
                         if sink.send(Message::Text(text.into())).await.is_err() {
-                            return;
+                            return End::Error;
                         }
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => return,
+                    Some(Ok(Message::Close(_))) | None => return End::Client,
                     Some(Err(e)) => {
                         if is_too_big(e) {
-                            return close(&mut sink, CLOSE_TOO_BIG, "Message larger than 1 MiB.").await;
+                            close(&mut sink, CLOSE_TOO_BIG, "Message larger than 1 MiB.").await;
+                            return End::TooBig;
                         }
-                        return;
+                        return End::Error;
                     }
                 }
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > interval * 2 + Duration::from_secs(1) {
                     tracing::info!(image_id = %id, "WebSocket client silent for two ping intervals; dropping it");
-                    return;
+                    return End::Silent;
                 }
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    return;
+                    return End::Error;
                 }
             }
         }
     }
 }
 
-/// Parses and applies one frame; `Some(detail)` when it was refused.
-async fn handle_command(app: &AppState, id: &ImageId, frame: &[u8]) -> Option<String> {
-    let command = match Command::parse_json(frame) {
+/// Parses and applies one frame, in a span of its own (a new trace, linked to the socket's
+/// connect); `Some(detail)` when it was refused.
+async fn handle_command(
+    app: &AppState,
+    id: &ImageId,
+    session_id: &str,
+    connect: &opentelemetry::trace::SpanContext,
+    frame: &[u8],
+) -> Option<String> {
+    let span = tracing::info_span!("ws command", otel.name = "ws command", otel.kind = "consumer");
+    let _ = span.set_parent(opentelemetry::Context::new());
+    span.add_link(connect.clone());
+    span.set_attribute("draw64.image.id", id.to_string());
+    span.set_attribute("draw64.ws.session_id", session_id.to_owned());
+    let parsed = span.in_scope(|| tracing::info_span!("validate").in_scope(|| Command::parse_json(frame)));
+    let command = match parsed {
         Ok(command) => command,
-        Err(e) => return Some(e.to_string()),
+        Err(e) => {
+            count_in("invalid");
+            let e = ApiError::from(e);
+            count_rejection(&e);
+            span.set_attribute(attr::ERROR_TYPE, "invalid_command");
+            return Some(e.to_string());
+        }
     };
-    match app.service.apply(id.clone(), command).await {
+    count_in(command.kind());
+    span.set_attribute("draw64.command.type", command.kind());
+    if let Command::Draw(pixels) = &command {
+        span.set_attribute("draw64.pixel.count", pixels.len() as i64);
+    }
+    let applied = app.service.apply(id.clone(), command).instrument(tracing::info_span!(parent: &span, "commit")).await;
+    match applied {
         Ok(()) => None,
-        Err(e) => Some(ApiError::from(e).to_string()),
+        Err(e) => {
+            let e = ApiError::from(e);
+            count_rejection(&e);
+            span.set_attribute(attr::ERROR_TYPE, e.status().as_str().to_owned());
+            Some(e.to_string())
+        }
     }
 }
 

@@ -24,6 +24,15 @@ use crate::{
 /// socket. Axum's type is used so the bytes reach the WebSocket without re-validation.
 pub type EventText = Utf8Bytes;
 
+/// What a subscriber receives: the shared text, when it was committed (for the fan-out latency
+/// metric) and its event type (for the message counter).
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub text: EventText,
+    pub committed_at: std::time::Instant,
+    pub kind: &'static str,
+}
+
 /// How far a subscriber may fall behind before it is told to resynchronise.
 pub const SUBSCRIBER_BACKLOG: usize = 1024;
 
@@ -37,7 +46,9 @@ pub struct Announcement {
 pub struct LiveImage {
     pub canvas: RwLock<Canvas>,
     pub updates: AtomicU64,
-    pub events: broadcast::Sender<EventText>,
+    /// Users connected to this image, for the bounded per-image users metric.
+    pub users: AtomicU64,
+    pub events: broadcast::Sender<Outgoing>,
 }
 
 impl LiveImage {
@@ -45,6 +56,7 @@ impl LiveImage {
         Self {
             canvas: RwLock::new(canvas),
             updates: AtomicU64::new(updates),
+            users: AtomicU64::new(0),
             events: broadcast::Sender::new(SUBSCRIBER_BACKLOG),
         }
     }

@@ -12,9 +12,9 @@ use std::{
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use live::{Announcement, EventText, SUBSCRIBER_BACKLOG};
+pub use live::{Announcement, EventText, Outgoing, SUBSCRIBER_BACKLOG};
 use live::{Live, lock, read};
-use writer::{Op, Writer};
+use writer::{Job, Op, Writer};
 
 use crate::{
     domain::{Canvas, Command, ImageId, event},
@@ -60,7 +60,7 @@ pub struct Statistics {
 
 #[derive(Clone)]
 pub struct Service {
-    ops: mpsc::Sender<Op>,
+    ops: mpsc::Sender<Job>,
     live: Arc<Live>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
@@ -91,7 +91,9 @@ impl Service {
         op: impl FnOnce(oneshot::Sender<Result<T, ServiceError>>) -> Op,
     ) -> Result<T, ServiceError> {
         let (tx, rx) = oneshot::channel();
-        self.ops.send(op(tx)).await.map_err(|_| ServiceError::Stopped)?;
+        // The caller's trace context travels with the change into the writer's spans.
+        let cx = tracing_opentelemetry::OpenTelemetrySpanExt::context(&tracing::Span::current());
+        self.ops.send((op(tx), cx)).await.map_err(|_| ServiceError::Stopped)?;
         rx.await.map_err(|_| ServiceError::Stopped)?
     }
 
@@ -140,7 +142,7 @@ impl Service {
         read(&self.live.images).get(id).map(|img| read(&img.canvas).clone())
     }
 
-    pub fn subscribe(&self, id: &ImageId) -> Option<broadcast::Receiver<EventText>> {
+    pub fn subscribe(&self, id: &ImageId) -> Option<broadcast::Receiver<Outgoing>> {
         read(&self.live.images).get(id).map(|img| img.events.subscribe())
     }
 
@@ -167,22 +169,45 @@ impl Service {
         self.live.user_count()
     }
 
-    /// Counts one more user and announces it; the user leaves when the guard drops.
-    pub fn join(&self, created: Option<&ImageId>) -> Presence {
+    /// Operations waiting for the writer.
+    pub fn queue_depth(&self) -> usize {
+        QUEUE - self.ops.capacity()
+    }
+
+    pub fn image_count(&self) -> usize {
+        read(&self.live.images).len()
+    }
+
+    /// Users per image, busiest first (for a bounded metric: the caller keeps the top few).
+    pub fn users_per_image(&self) -> Vec<u64> {
+        let mut users: Vec<u64> =
+            read(&self.live.images).values().map(|img| img.users.load(Ordering::Relaxed)).filter(|n| *n > 0).collect();
+        users.sort_unstable_by(|a, b| b.cmp(a));
+        users
+    }
+
+    /// Counts one more user on `image` and announces it; the user leaves when the guard drops.
+    pub fn join(&self, image: &ImageId, created: bool) -> Presence {
+        // Weak: a connected user must not keep a deleted image's event channel open.
+        let on_image = read(&self.live.images).get(image).map(|img| {
+            img.users.fetch_add(1, Ordering::Relaxed);
+            Arc::downgrade(img)
+        });
+        let created = created.then_some(image);
         let n = self.live.users.fetch_add(1, Ordering::Relaxed) + 1;
         self.live.announce("user_connected", event::bare("user_connected"));
         if let Some(id) = created {
             self.live.announce_image("image_created", id);
         }
         self.live.announce("user_count_updated", event::user_count_updated(n));
-        Presence { live: self.live.clone() }
+        Presence { live: self.live.clone(), image: on_image }
     }
 
     /// Lets queued writes commit, then stops the writer. Call after the server stopped serving.
     pub async fn shutdown(&self) {
         let handle = lock(&self.writer).take();
         if let Some(handle) = handle {
-            let _ = self.ops.send(Op::Stop).await;
+            let _ = self.ops.send((Op::Stop, opentelemetry::Context::new())).await;
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }
@@ -190,10 +215,14 @@ impl Service {
 
 pub struct Presence {
     live: Arc<Live>,
+    image: Option<std::sync::Weak<live::LiveImage>>,
 }
 
 impl Drop for Presence {
     fn drop(&mut self) {
+        if let Some(img) = self.image.as_ref().and_then(std::sync::Weak::upgrade) {
+            img.users.fetch_sub(1, Ordering::Relaxed);
+        }
         let n = self.live.users.fetch_sub(1, Ordering::Relaxed) - 1;
         self.live.announce("user_disconnected", event::bare("user_disconnected"));
         self.live.announce("user_count_updated", event::user_count_updated(n));

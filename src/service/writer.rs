@@ -11,18 +11,35 @@
 //! is what makes the order of an image's changes the same in the database, in memory and on
 //! every socket.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
+use opentelemetry::{
+    Context, KeyValue,
+    global::{self, BoxedTracer},
+    trace::{Link, Span as _, SpanKind, Status, TraceContextExt, Tracer as _},
+};
+use opentelemetry_semantic_conventions::attribute as attr;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Limits, ServiceError,
+    Limits, Outgoing, ServiceError,
     live::{Live, LiveImage, lock, read, write},
 };
 use crate::{
     domain::{Command, ImageId, event, random_image_id},
-    store::{Counters, Store, StoredImage, Write},
+    store::{Counters, Describe, Store, StoredImage, Write},
+    telemetry::metrics,
 };
+
+/// At most this many requests are linked from one batch's database span.
+const MAX_LINKS: usize = 64;
+
+/// An operation and the trace context of the request that queued it.
+pub type Job = (Op, Context);
 
 /// Upper bound on operations per transaction, so one batch cannot hold replies back for long.
 const MAX_BATCH: usize = 4096;
@@ -61,7 +78,7 @@ pub enum Op {
 enum Outcome {
     Created { id: ImageId, reply: Reply<ImageId> },
     Ensured { id: ImageId, created: bool, reply: Reply<bool> },
-    Applied { id: ImageId, text: String, reply: Reply<()> },
+    Applied { id: ImageId, text: String, kind: &'static str, pixels: u64, reply: Reply<()> },
     Deleted { id: ImageId, reply: Reply<()> },
     Pinged { reply: Reply<()> },
     Refused { reply: Box<dyn FnOnce(ServiceError) + Send>, error: ServiceError },
@@ -69,6 +86,8 @@ enum Outcome {
 
 pub struct Writer {
     store: Box<dyn Store>,
+    db: Describe,
+    tracer: BoxedTracer,
     images: HashMap<ImageId, StoredImage>,
     counters: Counters,
     live: Arc<Live>,
@@ -85,26 +104,29 @@ impl Writer {
         limits: Limits,
     ) -> Self {
         let images = images.into_iter().map(|img| (img.id.clone(), img)).collect();
-        Self { store, images, counters, live, limits, rng: fastrand::Rng::new() }
+        let db = store.describe();
+        let tracer = global::tracer("draw64");
+        Self { store, db, tracer, images, counters, live, limits, rng: fastrand::Rng::new() }
     }
 
     /// Runs until every sender is gone, committing what is queued before returning.
-    pub fn run(mut self, mut queue: mpsc::Receiver<Op>) {
+    pub fn run(mut self, mut queue: mpsc::Receiver<Job>) {
         let mut batch = Vec::with_capacity(64);
         let mut next = queue.blocking_recv();
-        while let Some(op) = next.take() {
-            let mut stop = matches!(op, Op::Stop);
-            batch.push(op);
+        while let Some(job) = next.take() {
+            let mut stop = matches!(job.0, Op::Stop);
+            batch.push(job);
             while !stop && batch.len() < MAX_BATCH {
                 match queue.try_recv() {
-                    Ok(op) => {
-                        stop = matches!(op, Op::Stop);
-                        batch.push(op);
+                    Ok(job) => {
+                        stop = matches!(job.0, Op::Stop);
+                        batch.push(job);
                     }
                     Err(_) => break,
                 }
             }
-            self.process(batch.drain(..).filter(|op| !matches!(op, Op::Stop)));
+            batch.retain(|job| !matches!(job.0, Op::Stop));
+            self.process(&mut batch);
             if stop {
                 tracing::info!("writer stopped; every queued change is committed");
                 return;
@@ -113,13 +135,15 @@ impl Writer {
         }
     }
 
-    fn process(&mut self, ops: impl Iterator<Item = Op>) {
+    fn process(&mut self, jobs: &mut Vec<Job>) {
         let counters_before = self.counters;
         // The state of each touched image before the batch (None: it did not exist).
         let mut undo: HashMap<ImageId, Option<StoredImage>> = HashMap::new();
-        let mut outcomes = Vec::new();
-        for op in ops {
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        let mut contexts = Vec::with_capacity(jobs.len());
+        for (op, cx) in jobs.drain(..) {
             outcomes.push(self.stage(op, &mut undo));
+            contexts.push(cx);
         }
         if !undo.is_empty() || self.counters != counters_before {
             let writes: Vec<Write<'_>> = undo
@@ -129,7 +153,18 @@ impl Writer {
                     None => Write::Delete(id),
                 })
                 .collect();
-            if let Err(e) = self.store.commit(&writes, self.counters) {
+            let operation = if writes.iter().all(|w| matches!(w, Write::Upsert(_))) { "BATCH UPSERT" } else { "BATCH" };
+            let mut span = self.db_span(operation, &contexts, writes.len());
+            let started = Instant::now();
+            let result = self.store.commit(&writes, self.counters);
+            self.record_db(operation, started.elapsed(), result.as_ref().err().map(|_| "commit_failed"));
+            metrics().batch_size.record(outcomes.len() as u64, &[]);
+            if let (Some(span), Err(e)) = (&mut span, &result) {
+                span.set_status(Status::error(e.to_string()));
+                span.set_attribute(KeyValue::new(attr::ERROR_TYPE, "commit_failed"));
+            }
+            drop(span);
+            if let Err(e) = result {
                 tracing::error!(error = %e, operations = outcomes.len(), "commit failed; batch rolled back");
                 for (id, before) in undo {
                     match before {
@@ -143,7 +178,44 @@ impl Writer {
                 return;
             }
         }
-        self.publish(undo.keys(), outcomes);
+        self.publish(undo.keys(), outcomes, contexts);
+    }
+
+    /// A client span for one commit, when a request in it is traced: parented to the first
+    /// traced request, linked to the others (one transaction serves them all).
+    fn db_span(&self, operation: &'static str, contexts: &[Context], writes: usize) -> Option<global::BoxedSpan> {
+        let mut sampled = contexts.iter().filter(|cx| cx.span().span_context().is_sampled());
+        let parent = sampled.next()?;
+        let links = sampled.take(MAX_LINKS).map(|cx| Link::with_context(cx.span().span_context().clone())).collect();
+        let mut attributes = vec![
+            KeyValue::new(attr::DB_SYSTEM_NAME, self.db.system),
+            KeyValue::new(attr::DB_NAMESPACE, self.db.namespace.clone()),
+            KeyValue::new(attr::DB_OPERATION_NAME, operation),
+            KeyValue::new(attr::DB_COLLECTION_NAME, "images"),
+            KeyValue::new(attr::DB_QUERY_TEXT, self.db.commit_query),
+        ];
+        if writes > 1 {
+            attributes.push(KeyValue::new(attr::DB_OPERATION_BATCH_SIZE, writes as i64));
+        }
+        let span = self
+            .tracer
+            .span_builder(format!("{operation} images"))
+            .with_kind(SpanKind::Client)
+            .with_links(links)
+            .with_attributes(attributes)
+            .start_with_context(&self.tracer, parent);
+        Some(span)
+    }
+
+    fn record_db(&self, operation: &'static str, took: Duration, error: Option<&'static str>) {
+        let mut attrs = vec![
+            KeyValue::new(attr::DB_SYSTEM_NAME, self.db.system),
+            KeyValue::new(attr::DB_OPERATION_NAME, operation),
+        ];
+        if let Some(e) = error {
+            attrs.push(KeyValue::new(attr::ERROR_TYPE, e));
+        }
+        metrics().db_duration.record(took.as_secs_f64(), &attrs);
     }
 
     /// Applies one operation to the working state and records how to answer it.
@@ -182,7 +254,11 @@ impl Writer {
                 command.apply(&mut img.canvas);
                 img.version += 1;
                 img.updates += 1;
-                Outcome::Applied { text: event::image_updated(&id, &command), id, reply }
+                let pixels = match &command {
+                    Command::Draw(px) => px.iter().filter(|p| (0..64).contains(&p.x) && (0..64).contains(&p.y)).count() as u64,
+                    Command::ClearCanvas => 0,
+                };
+                Outcome::Applied { text: event::image_updated(&id, &command), kind: command.kind(), pixels, id, reply }
             }
             Op::Delete { id, reply } => {
                 let Some(img) = self.images.remove(&id) else {
@@ -209,7 +285,13 @@ impl Writer {
     }
 
     /// After a successful commit: make the batch visible, in the order it happened.
-    fn publish<'a>(&mut self, touched: impl Iterator<Item = &'a ImageId>, outcomes: Vec<Outcome>) {
+    fn publish<'a>(
+        &mut self,
+        touched: impl Iterator<Item = &'a ImageId>,
+        outcomes: Vec<Outcome>,
+        contexts: Vec<Context>,
+    ) {
+        let committed_at = Instant::now();
         *lock(&self.live.counters) = self.counters;
         {
             let map = read(&self.live.images);
@@ -220,7 +302,7 @@ impl Writer {
                 }
             }
         }
-        for outcome in outcomes {
+        for (outcome, cx) in outcomes.into_iter().zip(contexts) {
             match outcome {
                 Outcome::Created { id, reply } => {
                     self.make_live(&id);
@@ -233,22 +315,38 @@ impl Writer {
                     }
                     let _ = reply.send(Ok(created));
                 }
-                Outcome::Applied { id, text, reply } => {
+                Outcome::Applied { id, text, kind, pixels, reply } => {
+                    let m = metrics();
+                    m.commands_applied.add(1, &[KeyValue::new("draw64.command.type", kind)]);
+                    m.pixels_drawn.add(pixels, &[]);
+                    let mut span = cx.span().span_context().is_sampled().then(|| {
+                        self.tracer.span_builder("fan-out").with_kind(SpanKind::Producer).start_with_context(&self.tracer, &cx)
+                    });
                     if let Some(live) = read(&self.live.images).get(&id) {
+                        let event = Outgoing { text: text.into(), committed_at, kind: "image_updated" };
                         // No subscriber is fine: the change is stored.
-                        let _ = live.events.send(text.into());
+                        let receivers = live.events.send(event).unwrap_or(0);
+                        if let Some(span) = &mut span {
+                            span.set_attribute(KeyValue::new("draw64.image.id", id.to_string()));
+                            span.set_attribute(KeyValue::new("draw64.subscribers", receivers as i64));
+                        }
                     }
+                    drop(span);
                     let _ = reply.send(Ok(()));
                 }
                 Outcome::Deleted { id, reply } => {
                     if let Some(live) = write(&self.live.images).remove(&id) {
-                        let _ = live.events.send(event::about_image("image_deleted", &id).into());
+                        let text = event::about_image("image_deleted", &id).into();
+                        let _ = live.events.send(Outgoing { text, committed_at, kind: "image_deleted" });
                     }
                     self.live.announce_image("image_deleted", &id);
                     let _ = reply.send(Ok(()));
                 }
                 Outcome::Pinged { reply } => {
-                    let _ = reply.send(self.store.ping().map_err(|e| ServiceError::Unavailable(e.to_string())));
+                    let started = Instant::now();
+                    let result = self.store.ping();
+                    self.record_db("SELECT", started.elapsed(), result.as_ref().err().map(|_| "ping_failed"));
+                    let _ = reply.send(result.map_err(|e| ServiceError::Unavailable(e.to_string())));
                 }
                 Outcome::Refused { reply, error } => reply(error),
             }

@@ -51,7 +51,19 @@ pub enum StoreError {
     Corrupt(String, String),
 }
 
+/// What a database span and metric say about the store (semantic conventions `db.*`).
+#[derive(Clone, Debug)]
+pub struct Describe {
+    /// `db.system.name`, e.g. `sqlite`.
+    pub system: &'static str,
+    /// `db.namespace`: the database (for SQLite, its file).
+    pub namespace: String,
+    /// `db.query.text` of a batch commit: statements with placeholders, never values.
+    pub commit_query: &'static str,
+}
+
 pub trait Store: Send + 'static {
+    fn describe(&self) -> Describe;
     /// Everything needed to rebuild the in-memory cache at start.
     fn load(&mut self) -> Result<Snapshot, StoreError>;
     /// Writes one batch atomically: all of it or, on error, none of it.

@@ -4,7 +4,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Counters, Snapshot, Store, StoreError, StoredImage, Write};
+use super::{Counters, Describe, Snapshot, Store, StoreError, StoredImage, Write};
 use crate::domain::{Canvas, ImageId};
 
 /// Versioned migrations; `PRAGMA user_version` records how many have run.
@@ -22,7 +22,31 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE images (
 
 pub struct SqliteStore {
     conn: Connection,
+    path: String,
 }
+
+// Macros, so the statements and the `db.query.text` built from them are one text.
+macro_rules! upsert {
+    () => {
+        "INSERT INTO images (image_id, pixels, version, updates) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (image_id) DO UPDATE SET pixels = excluded.pixels, version = excluded.version, \
+         updates = excluded.updates"
+    };
+}
+macro_rules! delete {
+    () => {
+        "DELETE FROM images WHERE image_id = ?1"
+    };
+}
+macro_rules! set_counter {
+    () => {
+        "UPDATE counters SET value = ?2 WHERE name = ?1"
+    };
+}
+const UPSERT: &str = upsert!();
+const DELETE: &str = delete!();
+const SET_COUNTER: &str = set_counter!();
+const COMMIT_QUERY: &str = concat!("BEGIN IMMEDIATE; ", upsert!(), "; ", delete!(), "; ", set_counter!(), "; COMMIT");
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -36,7 +60,7 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        let mut store = Self { conn };
+        let mut store = Self { conn, path: path.to_owned() };
         store.migrate()?;
         Ok(store)
     }
@@ -60,6 +84,14 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn describe(&self) -> Describe {
+        Describe {
+            system: "sqlite",
+            namespace: self.path.clone(),
+            commit_query: COMMIT_QUERY,
+        }
+    }
+
     fn load(&mut self) -> Result<Snapshot, StoreError> {
         let mut stmt = self.conn.prepare("SELECT image_id, pixels, version, updates FROM images")?;
         let rows = stmt.query_map([], |r| {
@@ -89,12 +121,8 @@ impl Store for SqliteStore {
     fn commit(&mut self, writes: &[Write<'_>], counters: Counters) -> Result<(), StoreError> {
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO images (image_id, pixels, version, updates) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (image_id) DO UPDATE SET pixels = excluded.pixels,
-                     version = excluded.version, updates = excluded.updates",
-            )?;
-            let mut delete = tx.prepare_cached("DELETE FROM images WHERE image_id = ?1")?;
+            let mut upsert = tx.prepare_cached(UPSERT)?;
+            let mut delete = tx.prepare_cached(DELETE)?;
             for write in writes {
                 match write {
                     Write::Upsert(img) => {
@@ -110,7 +138,7 @@ impl Store for SqliteStore {
                     }
                 }
             }
-            let mut set = tx.prepare_cached("UPDATE counters SET value = ?2 WHERE name = ?1")?;
+            let mut set = tx.prepare_cached(SET_COUNTER)?;
             set.execute(params!["images_created", counters.images_created as i64])?;
             set.execute(params!["images_deleted", counters.images_deleted as i64])?;
         }

@@ -37,7 +37,7 @@ pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
     let mut args = vec!["draw64", "--listen", "127.0.0.1:0", "--database", &db, "--drain-grace", "0"];
     args.extend_from_slice(flags);
     let config = Cli::try_parse_from(args).unwrap().into_config();
-    let app = App::build(&config).await.unwrap();
+    let app = App::build(&config, None).await.unwrap();
     let addr = app.local_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run(async move {

@@ -93,7 +93,7 @@ async fn sigterm_drains_then_closes_websockets_1001_and_exits_0() {
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers()["connection"], "close");
     let body: Value = res.json().await.unwrap();
-    assert_eq!(body["checks"]["shutdown"], "draining");
+    assert_eq!(body["checks"]["shutdown"]["status"], "draining");
     assert!(body["detail"].as_str().unwrap().contains("shutdown"));
     let res = http.put(server.url("/images/drain")).body(CLEAR).send().await.unwrap();
     assert_eq!(res.status(), 200);

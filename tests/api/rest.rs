@@ -253,7 +253,9 @@ async fn health_and_readiness() {
     assert_eq!(app.get_json("/healthz").await, (200, json!({"status": "ok"})));
     let (status, body) = app.get_json("/readyz").await;
     assert_eq!(status, 200);
-    assert_eq!(body["checks"], json!({"store": "ok", "shutdown": "ok"}));
+    assert_eq!(body["checks"]["store"]["status"], "ok");
+    assert!(body["checks"]["store"]["latency_seconds"].as_f64().unwrap() < 2.0);
+    assert_eq!(body["checks"]["shutdown"], json!({"status": "ok"}));
     app.stop().await;
 }
 

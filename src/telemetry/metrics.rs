@@ -1,0 +1,124 @@
+//! The synchronous instruments the hot path records into, created once from the global meter
+//! provider. Semantic-convention instruments take their names from the
+//! `opentelemetry-semantic-conventions` constants; Draw64's own from [`super::registry`].
+
+use std::sync::OnceLock;
+
+use opentelemetry::{
+    KeyValue, global,
+    metrics::{Counter, Histogram, Meter, UpDownCounter},
+};
+use opentelemetry_semantic_conventions::metric as semconv;
+
+use super::registry::{Instrument, def};
+
+/// Bucket boundaries the HTTP and database duration conventions recommend, in seconds.
+pub const DURATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
+/// Finer buckets for in-process fan-out, which lives in the sub-millisecond range.
+const FANOUT_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const SIZE_BUCKETS: &[f64] = &[0.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
+
+pub struct Metrics {
+    pub http_duration: Histogram<f64>,
+    pub http_active: UpDownCounter<i64>,
+    pub http_request_size: Histogram<u64>,
+    pub http_response_size: Histogram<u64>,
+    pub db_duration: Histogram<f64>,
+    pub ws_connections: UpDownCounter<i64>,
+    pub ws_disconnections: Counter<u64>,
+    pub ws_messages: Counter<u64>,
+    pub sse_streams: UpDownCounter<i64>,
+    pub commands_applied: Counter<u64>,
+    pub commands_rejected: Counter<u64>,
+    pub pixels_drawn: Counter<u64>,
+    pub fanout_latency: Histogram<f64>,
+    pub subscriber_lagged: Counter<u64>,
+    pub batch_size: Histogram<u64>,
+    pub panics: Counter<u64>,
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// The instruments. Created on first use from the global meter provider, so `telemetry::init`
+/// touches this after installing the provider; without it (unit tests) they are no-ops.
+pub fn metrics() -> &'static Metrics {
+    METRICS.get_or_init(|| Metrics::new(&global::meter("draw64")))
+}
+
+fn counter(meter: &Meter, name: &'static str) -> Counter<u64> {
+    let d = def(name);
+    debug_assert_eq!(d.instrument, Instrument::Counter);
+    meter.u64_counter(d.name).with_unit(d.unit).with_description(d.description).build()
+}
+
+fn up_down(meter: &Meter, name: &'static str) -> UpDownCounter<i64> {
+    let d = def(name);
+    debug_assert_eq!(d.instrument, Instrument::UpDownCounter);
+    meter.i64_up_down_counter(d.name).with_unit(d.unit).with_description(d.description).build()
+}
+
+impl Metrics {
+    fn new(meter: &Meter) -> Self {
+        let fanout = def("draw64.fanout.latency");
+        let batch = def("draw64.store.batch.size");
+        Self {
+            http_duration: meter
+                .f64_histogram(semconv::HTTP_SERVER_REQUEST_DURATION)
+                .with_unit("s")
+                .with_description("Duration of HTTP server requests.")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+            http_active: meter
+                .i64_up_down_counter(semconv::HTTP_SERVER_ACTIVE_REQUESTS)
+                .with_unit("{request}")
+                .with_description("Number of active HTTP server requests.")
+                .build(),
+            http_request_size: meter
+                .u64_histogram(semconv::HTTP_SERVER_REQUEST_BODY_SIZE)
+                .with_unit("By")
+                .with_description("Size of HTTP server request bodies.")
+                .with_boundaries(SIZE_BUCKETS.to_vec())
+                .build(),
+            http_response_size: meter
+                .u64_histogram(semconv::HTTP_SERVER_RESPONSE_BODY_SIZE)
+                .with_unit("By")
+                .with_description("Size of HTTP server response bodies.")
+                .with_boundaries(SIZE_BUCKETS.to_vec())
+                .build(),
+            db_duration: meter
+                .f64_histogram(semconv::DB_CLIENT_OPERATION_DURATION)
+                .with_unit("s")
+                .with_description("Duration of database client operations.")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+            ws_connections: up_down(meter, "draw64.ws.connections"),
+            ws_disconnections: counter(meter, "draw64.ws.disconnections"),
+            ws_messages: counter(meter, "draw64.ws.messages"),
+            sse_streams: up_down(meter, "draw64.sse.streams"),
+            commands_applied: counter(meter, "draw64.commands.applied"),
+            commands_rejected: counter(meter, "draw64.commands.rejected"),
+            pixels_drawn: counter(meter, "draw64.pixels.drawn"),
+            fanout_latency: meter
+                .f64_histogram(fanout.name)
+                .with_unit(fanout.unit)
+                .with_description(fanout.description)
+                .with_boundaries(FANOUT_BUCKETS.to_vec())
+                .build(),
+            subscriber_lagged: counter(meter, "draw64.subscriber.lagged"),
+            batch_size: meter
+                .u64_histogram(batch.name)
+                .with_unit(batch.unit)
+                .with_description(batch.description)
+                .with_boundaries(BATCH_BUCKETS.to_vec())
+                .build(),
+            panics: counter(meter, "draw64.panics"),
+        }
+    }
+}
+
+/// Attribute helpers for the bounded label sets.
+pub fn kv(key: &'static str, value: &'static str) -> KeyValue {
+    KeyValue::new(key, value)
+}

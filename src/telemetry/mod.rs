@@ -1,0 +1,279 @@
+//! Logs, traces and metrics with OpenTelemetry, configured by the standard `OTEL_*` variables.
+//!
+//! `init` installs, in this order: the W3C trace-context propagator; a tracer provider (always,
+//! so every request has a trace id for its log lines, exported or not); a meter provider with
+//! the Prometheus registry and/or periodic OTLP/console readers; a logger provider when logs are
+//! exported; and one `tracing` subscriber that feeds the fmt layer (stderr), the span bridge and
+//! the log bridge. Every exporter batches through a bounded queue on the Tokio runtime, so an
+//! unreachable collector costs a bounded buffer and a log line, never a blocked request.
+//! [`Telemetry::shutdown`] flushes in order: traces, logs, metrics last.
+
+#![deny(deprecated)] // deprecated semantic-convention names must not compile
+
+mod host;
+mod logs;
+pub mod metrics;
+pub mod registry;
+mod resource;
+pub mod settings;
+
+use std::{io::IsTerminal, net::SocketAddr};
+
+use opentelemetry::{global, trace::TracerProvider as _};
+use opentelemetry_sdk::{
+    logs::SdkLoggerProvider,
+    metrics::SdkMeterProvider,
+    propagation::TraceContextPropagator,
+    runtime::Tokio,
+    trace::{SdkTracerProvider, Sampler as SdkSampler},
+};
+use tracing_subscriber::{EnvFilter, Layer, filter::filter_fn, fmt, prelude::*};
+
+pub use metrics::metrics;
+use settings::{Exporter, Protocol, Sampler, Settings, SettingsError};
+
+use crate::config::{Config, LogFormat};
+
+/// Default filter: our own info, and only warnings from the libraries under us.
+const DEFAULT_FILTER: &str = "info,opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn,\
+    tonic=warn,h2=warn,hyper=warn,tower=warn";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("invalid log filter {0:?}: {1}")]
+    Filter(String, String),
+    #[error("cannot build the {0} exporter: {1}")]
+    Exporter(&'static str, String),
+}
+
+/// The installed providers. Keep it alive for the life of the process; call `shutdown` last.
+pub struct Telemetry {
+    pub instance_id: String,
+    pub settings: Settings,
+    /// Present when metrics include `prometheus`: what `/metrics` on the metrics port encodes.
+    pub prometheus: Option<prometheus::Registry>,
+    tracer: SdkTracerProvider,
+    logger: Option<SdkLoggerProvider>,
+    meter: SdkMeterProvider,
+}
+
+impl Telemetry {
+    pub fn prometheus_addr(&self) -> Option<SocketAddr> {
+        self.prometheus.as_ref().map(|_| self.settings.prometheus_addr)
+    }
+
+    /// Flushes and stops every provider. Blocking: call it off the async workers.
+    pub fn shutdown(&self) {
+        if let Err(e) = self.tracer.shutdown() {
+            eprintln!("draw64: flushing traces: {e}");
+        }
+        if let Some(logger) = &self.logger {
+            if let Err(e) = logger.shutdown() {
+                eprintln!("draw64: flushing logs: {e}");
+            }
+        }
+        if let Err(e) = self.meter.shutdown() {
+            eprintln!("draw64: flushing metrics: {e}");
+        }
+    }
+}
+
+/// Must run inside the Tokio runtime (the exporters' batch tasks live there).
+pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
+    let settings = Settings::from_env(|k| std::env::var(k).ok(), config.metrics_listen)?;
+    let (resource, instance_id) = resource::build(&settings.service_name);
+    global::set_text_map_propagator(TraceContextPropagator::new());
+
+    let mut tracer = SdkTracerProvider::builder().with_resource(resource.clone()).with_sampler(sampler(&settings.sampler));
+    for exporter in &settings.traces {
+        tracer = match exporter {
+            Exporter::Console => tracer.with_span_processor(batch_spans(opentelemetry_stdout::SpanExporter::default())),
+            Exporter::Otlp => tracer.with_span_processor(batch_spans(otlp::spans(settings.protocol)?)),
+            Exporter::Prometheus => tracer,
+        };
+    }
+    let tracer = tracer.build();
+    global::set_tracer_provider(tracer.clone());
+
+    let mut meter = SdkMeterProvider::builder().with_resource(resource.clone());
+    let mut registry = None;
+    for exporter in &settings.metrics {
+        meter = match exporter {
+            Exporter::Prometheus => {
+                let r = prometheus::Registry::new();
+                let reader = opentelemetry_prometheus::exporter()
+                    .with_registry(r.clone())
+                    .build()
+                    .map_err(|e| TelemetryError::Exporter("prometheus", e.to_string()))?;
+                registry = Some(r);
+                meter.with_reader(reader)
+            }
+            Exporter::Console => meter.with_reader(periodic(opentelemetry_stdout::MetricExporter::default(), &settings)),
+            Exporter::Otlp => meter.with_reader(periodic(otlp::metrics(settings.protocol)?, &settings)),
+        };
+    }
+    let meter = meter.build();
+    global::set_meter_provider(meter.clone());
+
+    let logger = if settings.logs.is_empty() {
+        None
+    } else {
+        let mut logger = SdkLoggerProvider::builder().with_resource(resource);
+        for exporter in &settings.logs {
+            logger = match exporter {
+                Exporter::Console => logger.with_log_processor(batch_logs(opentelemetry_stdout::LogExporter::default())),
+                Exporter::Otlp => logger.with_log_processor(batch_logs(otlp::logs(settings.protocol)?)),
+                Exporter::Prometheus => logger,
+            };
+        }
+        Some(logger.build())
+    };
+
+    install_subscriber(config, &tracer, logger.as_ref())?;
+    host::register(&global::meter("draw64"));
+    metrics::metrics();
+    install_panic_hook();
+    tracing::info!(
+        service.name = %settings.service_name,
+        service.instance.id = %instance_id,
+        traces = ?settings.traces,
+        metrics = ?settings.metrics,
+        logs = ?settings.logs,
+        "telemetry ready"
+    );
+    Ok(Telemetry { instance_id, settings, prometheus: registry, tracer, logger, meter })
+}
+
+fn install_subscriber(
+    config: &Config,
+    tracer: &SdkTracerProvider,
+    logger: Option<&SdkLoggerProvider>,
+) -> Result<(), TelemetryError> {
+    let spec = config.log.clone().or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| DEFAULT_FILTER.into());
+    let filter = EnvFilter::try_new(&spec).map_err(|e| TelemetryError::Filter(spec.clone(), e.to_string()))?;
+    let json = match config.log_format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let fmt_layer = if json {
+        let format = fmt::format().json().flatten_event(true).with_current_span(false).with_span_list(false);
+        fmt::layer().json().event_format(logs::JsonWithTraceIds(format)).with_writer(std::io::stderr).boxed()
+    } else {
+        fmt::layer().with_writer(std::io::stderr).boxed()
+    };
+    // Only the attributes we set: no code locations, threads or busy/idle timings per span.
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(tracer.tracer("draw64"))
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false);
+    // The exporters' own diagnostics must not be exported again through themselves.
+    let not_exporter = filter_fn(|m| {
+        let t = m.target();
+        !(t.starts_with("opentelemetry") || t.starts_with("tonic") || t.starts_with("h2") || t.starts_with("hyper"))
+    });
+    let log_bridge = logger.map(|l| opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(l).with_filter(not_exporter));
+    tracing_subscriber::registry().with(filter).with(fmt_layer).with(spans).with(log_bridge).init();
+    Ok(())
+}
+
+fn sampler(s: &Sampler) -> SdkSampler {
+    match *s {
+        Sampler::AlwaysOn => SdkSampler::AlwaysOn,
+        Sampler::AlwaysOff => SdkSampler::AlwaysOff,
+        Sampler::TraceIdRatio(r) => SdkSampler::TraceIdRatioBased(r),
+        Sampler::ParentBasedAlwaysOn => SdkSampler::ParentBased(Box::new(SdkSampler::AlwaysOn)),
+        Sampler::ParentBasedAlwaysOff => SdkSampler::ParentBased(Box::new(SdkSampler::AlwaysOff)),
+        Sampler::ParentBasedTraceIdRatio(r) => SdkSampler::ParentBased(Box::new(SdkSampler::TraceIdRatioBased(r))),
+    }
+}
+
+/// Bounded queue (OTEL_BSP_MAX_QUEUE_SIZE, default 2,048): when full, spans are dropped and counted.
+fn batch_spans(
+    exporter: impl opentelemetry_sdk::trace::SpanExporter + 'static,
+) -> opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor<Tokio> {
+    opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(exporter, Tokio).build()
+}
+
+fn batch_logs(
+    exporter: impl opentelemetry_sdk::logs::LogExporter + 'static,
+) -> opentelemetry_sdk::logs::log_processor_with_async_runtime::BatchLogProcessor<Tokio> {
+    opentelemetry_sdk::logs::log_processor_with_async_runtime::BatchLogProcessor::builder(exporter, Tokio).build()
+}
+
+fn periodic(
+    exporter: impl opentelemetry_sdk::metrics::exporter::PushMetricExporter + 'static,
+    settings: &Settings,
+) -> opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader<impl opentelemetry_sdk::metrics::exporter::PushMetricExporter> {
+    opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader::builder(exporter, Tokio)
+        .with_interval(settings.metric_interval)
+        .build()
+}
+
+/// Panics are logged with a backtrace and counted, then the default hook runs.
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        tracing::error!(panic = %info, %backtrace, "panic");
+        metrics().panics.add(1, &[]);
+        default(info);
+    }));
+}
+
+#[cfg(feature = "otlp")]
+mod otlp {
+    use opentelemetry_otlp::{LogExporter, MetricExporter, Protocol as Wire, SpanExporter, WithExportConfig as _};
+
+    use super::{Protocol, TelemetryError};
+
+    fn err(signal: &'static str) -> impl Fn(opentelemetry_otlp::ExporterBuildError) -> TelemetryError {
+        move |e| TelemetryError::Exporter(signal, e.to_string())
+    }
+
+    pub fn spans(p: Protocol) -> Result<SpanExporter, TelemetryError> {
+        match p {
+            Protocol::Grpc => SpanExporter::builder().with_tonic().build(),
+            Protocol::HttpProtobuf => SpanExporter::builder().with_http().with_protocol(Wire::HttpBinary).build(),
+        }
+        .map_err(err("OTLP trace"))
+    }
+
+    pub fn metrics(p: Protocol) -> Result<MetricExporter, TelemetryError> {
+        match p {
+            Protocol::Grpc => MetricExporter::builder().with_tonic().build(),
+            Protocol::HttpProtobuf => MetricExporter::builder().with_http().with_protocol(Wire::HttpBinary).build(),
+        }
+        .map_err(err("OTLP metric"))
+    }
+
+    pub fn logs(p: Protocol) -> Result<LogExporter, TelemetryError> {
+        match p {
+            Protocol::Grpc => LogExporter::builder().with_tonic().build(),
+            Protocol::HttpProtobuf => LogExporter::builder().with_http().with_protocol(Wire::HttpBinary).build(),
+        }
+        .map_err(err("OTLP log"))
+    }
+}
+
+#[cfg(not(feature = "otlp"))]
+mod otlp {
+    use super::{Protocol, TelemetryError};
+
+    fn off<T>() -> Result<T, TelemetryError> {
+        Err(TelemetryError::Exporter("OTLP", "this build has no OTLP support (feature `otlp` is off)".into()))
+    }
+    pub fn spans(_: Protocol) -> Result<opentelemetry_stdout::SpanExporter, TelemetryError> {
+        off()
+    }
+    pub fn metrics(_: Protocol) -> Result<opentelemetry_stdout::MetricExporter, TelemetryError> {
+        off()
+    }
+    pub fn logs(_: Protocol) -> Result<opentelemetry_stdout::LogExporter, TelemetryError> {
+        off()
+    }
+}

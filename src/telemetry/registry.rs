@@ -1,0 +1,202 @@
+//! Draw64's own metrics, in one place: name, instrument, unit, attributes, meaning. The
+//! instruments are built from this table (so code and documentation cannot drift), the
+//! operator guide lists it, and a test holds every row against a live Prometheus scrape.
+//! Attribute values are always from small fixed sets: never user input.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Instrument {
+    Counter,
+    UpDownCounter,
+    Histogram,
+    Gauge,
+}
+
+#[derive(Debug)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub instrument: Instrument,
+    pub unit: &'static str,
+    pub attributes: &'static [&'static str],
+    pub description: &'static str,
+}
+
+use Instrument::*;
+
+pub const METRICS: &[MetricDef] = &[
+    MetricDef {
+        name: "draw64.ws.connections",
+        instrument: UpDownCounter,
+        unit: "{connection}",
+        attributes: &[],
+        description: "Open WebSocket connections.",
+    },
+    MetricDef {
+        name: "draw64.ws.disconnections",
+        instrument: Counter,
+        unit: "{connection}",
+        attributes: &["draw64.close.reason"],
+        description: "WebSocket connections ended, by reason: client, lagged, deleted, shutdown, too_big, silent, error.",
+    },
+    MetricDef {
+        name: "draw64.ws.messages",
+        instrument: Counter,
+        unit: "{message}",
+        attributes: &["draw64.direction", "draw64.message.type"],
+        description: "WebSocket messages received (in: draw, clear_canvas, invalid) and sent (out: image_updated, image_deleted, error).",
+    },
+    MetricDef {
+        name: "draw64.sse.streams",
+        instrument: UpDownCounter,
+        unit: "{stream}",
+        attributes: &[],
+        description: "Open /sse/announce streams.",
+    },
+    MetricDef {
+        name: "draw64.images.active",
+        instrument: Gauge,
+        unit: "{image}",
+        attributes: &[],
+        description: "Images that exist.",
+    },
+    MetricDef {
+        name: "draw64.users",
+        instrument: Gauge,
+        unit: "{user}",
+        attributes: &[],
+        description: "Users connected (open WebSockets on all images), as /statistics reports.",
+    },
+    MetricDef {
+        name: "draw64.image.users",
+        instrument: Gauge,
+        unit: "{user}",
+        attributes: &["draw64.image.rank"],
+        description: "Users on the busiest images: rank 1 to 10, then 'other' for the rest (bounded; no image ids as labels).",
+    },
+    MetricDef {
+        name: "draw64.commands.applied",
+        instrument: Counter,
+        unit: "{command}",
+        attributes: &["draw64.command.type"],
+        description: "Commands committed, by type (draw, clear_canvas).",
+    },
+    MetricDef {
+        name: "draw64.commands.rejected",
+        instrument: Counter,
+        unit: "{command}",
+        attributes: &["draw64.reject.reason"],
+        description: "Commands refused, by reason: invalid, not_found, too_large, unavailable.",
+    },
+    MetricDef {
+        name: "draw64.pixels.drawn",
+        instrument: Counter,
+        unit: "{pixel}",
+        attributes: &[],
+        description: "Pixels in committed draw commands (inside the canvas).",
+    },
+    MetricDef {
+        name: "draw64.fanout.latency",
+        instrument: Histogram,
+        unit: "s",
+        attributes: &[],
+        description: "From a change's commit to its send on one subscriber's socket.",
+    },
+    MetricDef {
+        name: "draw64.subscriber.lagged",
+        instrument: Counter,
+        unit: "{subscriber}",
+        attributes: &[],
+        description: "Subscribers that fell more than 1,024 events behind and were closed with 1013.",
+    },
+    MetricDef {
+        name: "draw64.store.batch.size",
+        instrument: Histogram,
+        unit: "{operation}",
+        attributes: &[],
+        description: "Operations per group commit.",
+    },
+    MetricDef {
+        name: "draw64.store.queue.depth",
+        instrument: Gauge,
+        unit: "{operation}",
+        attributes: &[],
+        description: "Operations waiting for the writer (saturation of the write path).",
+    },
+    MetricDef {
+        name: "draw64.panics",
+        instrument: Counter,
+        unit: "{panic}",
+        attributes: &[],
+        description: "Panics caught (each is logged with a backtrace).",
+    },
+    MetricDef {
+        name: "draw64.runtime.workers",
+        instrument: Gauge,
+        unit: "{thread}",
+        attributes: &[],
+        description: "Tokio worker threads.",
+    },
+    MetricDef {
+        name: "draw64.runtime.tasks",
+        instrument: Gauge,
+        unit: "{task}",
+        attributes: &[],
+        description: "Tokio tasks alive.",
+    },
+    MetricDef {
+        name: "draw64.runtime.global_queue.depth",
+        instrument: Gauge,
+        unit: "{task}",
+        attributes: &[],
+        description: "Tasks waiting in Tokio's global queue.",
+    },
+    MetricDef {
+        name: "draw64.runtime.worker.utilization",
+        instrument: Gauge,
+        unit: "1",
+        attributes: &[],
+        description: "Share of time Tokio workers were busy since the previous collection (0 to 1).",
+    },
+    MetricDef {
+        name: "draw64.host.load_average",
+        instrument: Gauge,
+        unit: "{thread}",
+        attributes: &["draw64.load.window"],
+        description: "Host load average over 1m, 5m and 15m (/proc/loadavg).",
+    },
+];
+
+pub fn def(name: &str) -> &'static MetricDef {
+    METRICS.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("metric {name} is not in the registry"))
+}
+
+/// The family name the Prometheus exporter derives: dots to underscores, a unit suffix for
+/// units it knows (`s` → `_seconds`, `By` → `_bytes`, `1` → `_ratio`), `_total` for counters.
+pub fn prometheus_name(m: &MetricDef) -> String {
+    let mut name = m.name.replace('.', "_");
+    match m.unit {
+        "s" => name.push_str("_seconds"),
+        "By" => name.push_str("_bytes"),
+        "1" => name.push_str("_ratio"),
+        _ => {}
+    }
+    if m.instrument == Counter {
+        name.push_str("_total");
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_namespaced() {
+        for (i, m) in METRICS.iter().enumerate() {
+            assert!(m.name.starts_with("draw64."), "{}", m.name);
+            assert!(!m.description.is_empty() && !m.unit.is_empty());
+            assert!(METRICS[i + 1..].iter().all(|o| o.name != m.name), "{} twice", m.name);
+        }
+        assert_eq!(prometheus_name(def("draw64.fanout.latency")), "draw64_fanout_latency_seconds");
+        assert_eq!(prometheus_name(def("draw64.ws.messages")), "draw64_ws_messages_total");
+    }
+}
