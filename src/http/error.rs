@@ -71,7 +71,9 @@ pub fn count_rejection(e: &ApiError) {
         ApiError::Service(ServiceError::Unavailable(_) | ServiceError::Stopped) => "unavailable",
         _ => "invalid",
     };
-    crate::telemetry::metrics().commands_rejected.add(1, &[opentelemetry::KeyValue::new("draw64.reject.reason", reason)]);
+    crate::telemetry::metrics()
+        .commands_rejected
+        .add(1, &[opentelemetry::KeyValue::new("draw64.reject.reason", reason)]);
 }
 
 /// The body of every error answer.

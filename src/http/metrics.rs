@@ -23,7 +23,8 @@ pub fn router(state: AppState) -> Router {
 
 async fn metrics(State(app): State<AppState>) -> Response {
     let Some(registry) = app.prometheus.clone() else {
-        return (StatusCode::NOT_FOUND, "metrics are not exported to Prometheus (see OTEL_METRICS_EXPORTER)\n").into_response();
+        return (StatusCode::NOT_FOUND, "metrics are not exported to Prometheus (see OTEL_METRICS_EXPORTER)\n")
+            .into_response();
     };
     // Collection runs the host observers, which read /proc: keep it off the async workers.
     let encoded = tokio::task::spawn_blocking(move || {

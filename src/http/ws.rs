@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-
 use axum::{
     extract::{
         Path, State,
@@ -98,11 +97,15 @@ impl End {
 }
 
 fn count_out(kind: &'static str) {
-    metrics().ws_messages.add(1, &[KeyValue::new("draw64.direction", "out"), KeyValue::new("draw64.message.type", kind)]);
+    metrics()
+        .ws_messages
+        .add(1, &[KeyValue::new("draw64.direction", "out"), KeyValue::new("draw64.message.type", kind)]);
 }
 
 fn count_in(kind: &'static str) {
-    metrics().ws_messages.add(1, &[KeyValue::new("draw64.direction", "in"), KeyValue::new("draw64.message.type", kind)]);
+    metrics()
+        .ws_messages
+        .add(1, &[KeyValue::new("draw64.direction", "in"), KeyValue::new("draw64.message.type", kind)]);
 }
 
 async fn session(socket: WebSocket, id: ImageId, created: bool, app: AppState) {

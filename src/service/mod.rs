@@ -2,6 +2,7 @@
 //! and the fan-out; reaches the database only through the writer thread and the `Store` trait.
 
 mod live;
+mod observe;
 mod writer;
 
 use std::{
@@ -83,7 +84,9 @@ impl Service {
             .name("draw64-writer".into())
             .spawn(move || writer.run(queue))
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
-        Ok(Self { ops, live, writer: Arc::new(Mutex::new(Some(handle))) })
+        let service = Self { ops, live, writer: Arc::new(Mutex::new(Some(handle))) };
+        observe::register(&service);
+        Ok(service)
     }
 
     async fn call<T>(

@@ -255,7 +255,9 @@ impl Writer {
                 img.version += 1;
                 img.updates += 1;
                 let pixels = match &command {
-                    Command::Draw(px) => px.iter().filter(|p| (0..64).contains(&p.x) && (0..64).contains(&p.y)).count() as u64,
+                    Command::Draw(px) => {
+                        px.iter().filter(|p| (0..64).contains(&p.x) && (0..64).contains(&p.y)).count() as u64
+                    }
                     Command::ClearCanvas => 0,
                 };
                 Outcome::Applied { text: event::image_updated(&id, &command), kind: command.kind(), pixels, id, reply }
@@ -320,7 +322,10 @@ impl Writer {
                     m.commands_applied.add(1, &[KeyValue::new("draw64.command.type", kind)]);
                     m.pixels_drawn.add(pixels, &[]);
                     let mut span = cx.span().span_context().is_sampled().then(|| {
-                        self.tracer.span_builder("fan-out").with_kind(SpanKind::Producer).start_with_context(&self.tracer, &cx)
+                        self.tracer
+                            .span_builder("fan-out")
+                            .with_kind(SpanKind::Producer)
+                            .start_with_context(&self.tracer, &cx)
                     });
                     if let Some(live) = read(&self.live.images).get(&id) {
                         let event = Outgoing { text: text.into(), committed_at, kind: "image_updated" };

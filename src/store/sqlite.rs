@@ -85,11 +85,7 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn describe(&self) -> Describe {
-        Describe {
-            system: "sqlite",
-            namespace: self.path.clone(),
-            commit_query: COMMIT_QUERY,
-        }
+        Describe { system: "sqlite", namespace: self.path.clone(), commit_query: COMMIT_QUERY }
     }
 
     fn load(&mut self) -> Result<Snapshot, StoreError> {

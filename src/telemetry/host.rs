@@ -200,7 +200,12 @@ fn read_process() -> ProcessStat {
 }
 
 /// Registers every host, process and runtime instrument on `meter`.
-pub fn register(meter: &Meter) {
+///
+/// `process.thread.count` and `process.unix.file_descriptor.count` end in `_count`, which the
+/// Prometheus exposition reserves for histograms and summaries (promtool rejects them). So
+/// they are OpenTelemetry instruments only when a push exporter (OTLP, console) is on, and the
+/// Prometheus registry gets the conventional `process_threads` and `process_open_fds` instead.
+pub fn register(meter: &Meter, push: bool, prometheus: Option<&prometheus::Registry>) {
     let sampler = Arc::new(Mutex::new(Sampler {
         system: System::new(),
         disks: Disks::new_with_refreshed_list(),
@@ -369,20 +374,28 @@ pub fn register(meter: &Meter) {
         .with_description("Virtual memory of this process.")
         .with_callback(move |o| o.observe(s().process.virtual_bytes, &[]))
         .build();
-    let s = sample.clone();
-    meter
-        .i64_observable_up_down_counter(semconv::PROCESS_THREAD_COUNT)
-        .with_unit("{thread}")
-        .with_description("Threads of this process.")
-        .with_callback(move |o| o.observe(s().process.threads, &[]))
-        .build();
-    let s = sample.clone();
-    meter
-        .i64_observable_up_down_counter(semconv::PROCESS_UNIX_FILE_DESCRIPTOR_COUNT)
-        .with_unit("{file_descriptor}")
-        .with_description("Open file descriptors of this process (sockets included).")
-        .with_callback(move |o| o.observe(s().process.fds, &[]))
-        .build();
+    if push {
+        let s = sample.clone();
+        meter
+            .i64_observable_up_down_counter(semconv::PROCESS_THREAD_COUNT)
+            .with_unit("{thread}")
+            .with_description("Threads of this process.")
+            .with_callback(move |o| o.observe(s().process.threads, &[]))
+            .build();
+        let s = sample.clone();
+        meter
+            .i64_observable_up_down_counter(semconv::PROCESS_UNIX_FILE_DESCRIPTOR_COUNT)
+            .with_unit("{file_descriptor}")
+            .with_description("Open file descriptors of this process (sockets included).")
+            .with_callback(move |o| o.observe(s().process.fds, &[]))
+            .build();
+    }
+    if let Some(registry) = prometheus {
+        let collector = ProcessCounts::new(Box::new(sample.clone()));
+        if let Err(e) = registry.register(Box::new(collector)) {
+            tracing::warn!(error = %e, "cannot register process_threads and process_open_fds");
+        }
+    }
     let s = sample.clone();
     meter
         .f64_observable_gauge(semconv::PROCESS_UPTIME)
@@ -414,6 +427,40 @@ pub fn register(meter: &Meter) {
             .with_description(d.description)
             .with_callback(move |o| o.observe(s().runtime_utilization, &[]))
             .build();
+    }
+}
+
+/// `process_threads` and `process_open_fds`, read at each scrape.
+struct ProcessCounts {
+    threads: prometheus::IntGauge,
+    fds: prometheus::IntGauge,
+    sample: Box<dyn Fn() -> Sample + Send + Sync>,
+}
+
+impl ProcessCounts {
+    fn new(sample: Box<dyn Fn() -> Sample + Send + Sync>) -> Self {
+        let gauge = |name, help| prometheus::IntGauge::new(name, help).expect("valid metric name");
+        Self {
+            threads: gauge("process_threads", "Threads of this process (OpenTelemetry: process.thread.count)."),
+            fds: gauge(
+                "process_open_fds",
+                "Open file descriptors of this process (OpenTelemetry: process.unix.file_descriptor.count).",
+            ),
+            sample,
+        }
+    }
+}
+
+impl prometheus::core::Collector for ProcessCounts {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.threads.desc().into_iter().chain(self.fds.desc()).collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let p = (self.sample)().process;
+        self.threads.set(p.threads);
+        self.fds.set(p.fds);
+        self.threads.collect().into_iter().chain(self.fds.collect()).collect()
     }
 }
 

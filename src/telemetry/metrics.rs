@@ -44,7 +44,25 @@ static METRICS: OnceLock<Metrics> = OnceLock::new();
 /// The instruments. Created on first use from the global meter provider, so `telemetry::init`
 /// touches this after installing the provider; without it (unit tests) they are no-ops.
 pub fn metrics() -> &'static Metrics {
-    METRICS.get_or_init(|| Metrics::new(&global::meter("draw64")))
+    METRICS.get_or_init(|| {
+        let m = Metrics::new(&global::meter("draw64"));
+        // Every counter shows in a scrape from the start (at 0), so a dashboard or an alert on
+        // `rate(...)` has a series before the first event.
+        for c in [
+            &m.ws_disconnections,
+            &m.ws_messages,
+            &m.commands_applied,
+            &m.commands_rejected,
+            &m.pixels_drawn,
+            &m.subscriber_lagged,
+            &m.panics,
+        ] {
+            c.add(0, &[]);
+        }
+        m.ws_connections.add(0, &[]);
+        m.sse_streams.add(0, &[]);
+        m
+    })
 }
 
 fn counter(meter: &Meter, name: &'static str) -> Counter<u64> {

@@ -25,7 +25,7 @@ use opentelemetry_sdk::{
     metrics::SdkMeterProvider,
     propagation::TraceContextPropagator,
     runtime::Tokio,
-    trace::{SdkTracerProvider, Sampler as SdkSampler},
+    trace::{Sampler as SdkSampler, SdkTracerProvider},
 };
 use tracing_subscriber::{EnvFilter, Layer, filter::filter_fn, fmt, prelude::*};
 
@@ -86,7 +86,8 @@ pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
     let (resource, instance_id) = resource::build(&settings.service_name);
     global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let mut tracer = SdkTracerProvider::builder().with_resource(resource.clone()).with_sampler(sampler(&settings.sampler));
+    let mut tracer =
+        SdkTracerProvider::builder().with_resource(resource.clone()).with_sampler(sampler(&settings.sampler));
     for exporter in &settings.traces {
         tracer = match exporter {
             Exporter::Console => tracer.with_span_processor(batch_spans(opentelemetry_stdout::SpanExporter::default())),
@@ -110,7 +111,9 @@ pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
                 registry = Some(r);
                 meter.with_reader(reader)
             }
-            Exporter::Console => meter.with_reader(periodic(opentelemetry_stdout::MetricExporter::default(), &settings)),
+            Exporter::Console => {
+                meter.with_reader(periodic(opentelemetry_stdout::MetricExporter::default(), &settings))
+            }
             Exporter::Otlp => meter.with_reader(periodic(otlp::metrics(settings.protocol)?, &settings)),
         };
     }
@@ -123,7 +126,9 @@ pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
         let mut logger = SdkLoggerProvider::builder().with_resource(resource);
         for exporter in &settings.logs {
             logger = match exporter {
-                Exporter::Console => logger.with_log_processor(batch_logs(opentelemetry_stdout::LogExporter::default())),
+                Exporter::Console => {
+                    logger.with_log_processor(batch_logs(opentelemetry_stdout::LogExporter::default()))
+                }
                 Exporter::Otlp => logger.with_log_processor(batch_logs(otlp::logs(settings.protocol)?)),
                 Exporter::Prometheus => logger,
             };
@@ -132,7 +137,8 @@ pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
     };
 
     install_subscriber(config, &tracer, logger.as_ref())?;
-    host::register(&global::meter("draw64"));
+    let push = settings.metrics.iter().any(|e| *e != Exporter::Prometheus);
+    host::register(&global::meter("draw64"), push, registry.as_ref());
     metrics::metrics();
     install_panic_hook();
     tracing::info!(
@@ -176,7 +182,8 @@ fn install_subscriber(
         let t = m.target();
         !(t.starts_with("opentelemetry") || t.starts_with("tonic") || t.starts_with("h2") || t.starts_with("hyper"))
     });
-    let log_bridge = logger.map(|l| opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(l).with_filter(not_exporter));
+    let log_bridge = logger
+        .map(|l| opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(l).with_filter(not_exporter));
     tracing_subscriber::registry().with(filter).with(fmt_layer).with(spans).with(log_bridge).init();
     Ok(())
 }
@@ -208,7 +215,9 @@ fn batch_logs(
 fn periodic(
     exporter: impl opentelemetry_sdk::metrics::exporter::PushMetricExporter + 'static,
     settings: &Settings,
-) -> opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader<impl opentelemetry_sdk::metrics::exporter::PushMetricExporter> {
+) -> opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader<
+    impl opentelemetry_sdk::metrics::exporter::PushMetricExporter,
+> {
     opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader::builder(exporter, Tokio)
         .with_interval(settings.metric_interval)
         .build()

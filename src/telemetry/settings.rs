@@ -69,8 +69,12 @@ impl Settings {
         let push_default: &[Exporter] = if endpoint.is_some() { &[Exporter::Otlp] } else { &[] };
         let traces = exporters(&get, "OTEL_TRACES_EXPORTER", push_default, &["otlp", "console", "none"])?;
         let logs = exporters(&get, "OTEL_LOGS_EXPORTER", push_default, &["otlp", "console", "none"])?;
-        let metrics =
-            exporters(&get, "OTEL_METRICS_EXPORTER", &[Exporter::Prometheus], &["otlp", "console", "prometheus", "none"])?;
+        let metrics = exporters(
+            &get,
+            "OTEL_METRICS_EXPORTER",
+            &[Exporter::Prometheus],
+            &["otlp", "console", "prometheus", "none"],
+        )?;
 
         let protocol = match get("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() {
             None | Some("grpc") => Protocol::Grpc,
@@ -84,7 +88,13 @@ impl Settings {
             None => Duration::from_secs(60),
             Some(ms) => match ms.parse::<u64>() {
                 Ok(ms) if ms > 0 => Duration::from_millis(ms),
-                _ => return Err(invalid("OTEL_METRIC_EXPORT_INTERVAL", &ms, "expected a positive number of milliseconds")),
+                _ => {
+                    return Err(invalid(
+                        "OTEL_METRIC_EXPORT_INTERVAL",
+                        &ms,
+                        "expected a positive number of milliseconds",
+                    ));
+                }
             },
         };
         let prometheus_addr = match metrics_listen {
@@ -99,7 +109,11 @@ impl Settings {
                 };
                 let joined = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
                 joined.parse().map_err(|_| {
-                    invalid("OTEL_EXPORTER_PROMETHEUS_HOST", &host, "expected an IP address such as 127.0.0.1 or 0.0.0.0")
+                    invalid(
+                        "OTEL_EXPORTER_PROMETHEUS_HOST",
+                        &host,
+                        "expected an IP address such as 127.0.0.1 or 0.0.0.0",
+                    )
                 })?
             }
         };

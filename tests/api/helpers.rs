@@ -192,29 +192,80 @@ impl Sse {
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The Prometheus port, when metrics go to Prometheus.
+    pub metrics: Option<SocketAddr>,
+    /// Every stderr line, as the server wrote it.
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
     pub fn start(db: &Path, listen: &str, extra: &[&str]) -> Server {
+        Self::start_env(db, listen, extra, &[], None)
+    }
+
+    /// With environment variables, and stdout written to `stdout` when given.
+    pub fn start_env(db: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)], stdout: Option<&Path>) -> Server {
+        let out = match stdout {
+            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            None => Stdio::null(),
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_draw64"))
-            .args(["--listen", listen, "--database", &format!("sqlite://{}", db.display())])
+            .args([
+                "--listen",
+                listen,
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--database",
+                &format!("sqlite://{}", db.display()),
+            ])
             .args(extra)
             .env("DRAW64_LOG_FORMAT", "json")
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(out)
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut metrics = None;
         let addr = loop {
             let line = lines.next().expect("server printed its address").unwrap();
+            logs.lock().unwrap().push(line.clone());
             let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if v["message"] == "metrics listening" {
+                metrics = v["address"].as_str().map(|a| a.parse().unwrap());
+            }
             if v["message"] == "listening" {
                 break v["address"].as_str().unwrap().parse().unwrap();
             }
         };
         // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-        Server { child, addr }
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Server { child, addr, metrics, logs }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches(" kB")
+            .trim()
+            .parse()
+            .unwrap();
+        kb * 1024
     }
 
     pub fn url(&self, path: &str) -> String {

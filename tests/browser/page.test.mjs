@@ -16,7 +16,7 @@ const work = mkdtempSync(join(tmpdir(), 'draw64-browser-'));
 const db = join(work, 'draw64.db');
 
 function startServer(listen) {
-  const proc = spawn(BIN, ['--listen', listen, '--database', `sqlite://${db}`, '--drain-grace', '0'], {
+  const proc = spawn(BIN, ['--listen', listen, '--metrics-listen', '127.0.0.1:0', '--database', `sqlite://${db}`, '--drain-grace', '0'], {
     env: { ...process.env, DRAW64_LOG_FORMAT: 'json' },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
