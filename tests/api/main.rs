@@ -3,6 +3,7 @@
 
 mod browser;
 mod concurrency;
+mod deploy;
 mod helpers;
 mod lifecycle;
 mod otlp;

@@ -1,0 +1,318 @@
+//! The operator's kit under deploy/: Prometheus configuration, rules and their unit tests, the
+//! Grafana dashboard, the Collector and compose files — checked with the real tools where they
+//! run here, and against a live Draw64.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use serde_yaml::Value as Yaml;
+
+use crate::{helpers::*, telemetry::exercise_and_scrape};
+
+fn deploy(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(path)
+}
+
+fn yaml(path: &str) -> Yaml {
+    serde_yaml::from_str(&std::fs::read_to_string(deploy(path)).unwrap()).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn promtool(args: &[&str]) {
+    let out = Command::new("promtool").args(args).current_dir(deploy("prometheus")).output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool {args:?}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn prometheus_configuration_and_rules_pass_promtool() {
+    if !require("promtool", "promtool checks of deploy/prometheus") {
+        return;
+    }
+    promtool(&["check", "config", "prometheus.yml"]);
+    promtool(&["check", "config", "compose-prometheus.yml"]);
+    promtool(&["check", "rules", "rules.yml"]);
+    promtool(&["test", "rules", "rules_test.yml"]);
+}
+
+/// Metric names in a PromQL expression: identifiers that are not functions, keywords, label
+/// names (inside `{}` or `by (...)`) or durations.
+pub fn metric_names(expr: &str) -> BTreeSet<String> {
+    const KEYWORDS: &[&str] = &[
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "and",
+        "or",
+        "unless",
+        "offset",
+        "inf",
+        "nan", // aggregation operators, which may be followed by `by (...)` rather than `(`:
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "count",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
+        "group",
+    ];
+    let mut names = BTreeSet::new();
+    let chars: Vec<char> = expr.chars().collect();
+    let (mut i, mut braces, mut brackets, mut quoted) = (0, 0, 0, false);
+    let mut label_list = false;
+    while i < chars.len() {
+        let c = chars[i];
+        if quoted {
+            quoted = c != '"';
+            i += 1;
+            continue;
+        }
+        match c {
+            '"' => quoted = true,
+            '{' => braces += 1,
+            '}' => braces -= 1,
+            '[' => brackets += 1,
+            ']' => brackets -= 1,
+            ')' => label_list = false,
+            _ => {}
+        }
+        if c.is_ascii_digit() && braces == 0 && brackets == 0 {
+            // A number, exponent included (1e-9).
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric()
+                    || chars[i] == '.'
+                    || ((chars[i] == '-' || chars[i] == '+') && matches!(chars[i - 1], 'e' | 'E')))
+            {
+                i += 1;
+            }
+            continue;
+        }
+        if (c.is_ascii_alphabetic() || c == '_' || c == ':') && braces == 0 && brackets == 0 {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':') {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let rest = chars[i..].iter().collect::<String>();
+            let rest = rest.trim_start();
+            if matches!(word.as_str(), "by" | "without" | "on" | "ignoring" | "group_left" | "group_right") {
+                label_list = rest.starts_with('(');
+            } else if !label_list && !rest.starts_with('(') && !KEYWORDS.contains(&word.as_str()) {
+                names.insert(word);
+            }
+            continue;
+        }
+        i += 1;
+    }
+    names
+}
+
+#[test]
+fn metric_names_are_found_in_promql() {
+    let names = metric_names(
+        r#"histogram_quantile(0.99, sum by (le, db_operation_name) (rate(db_client_operation_duration_seconds_bucket{a="x{y}"}[5m]))) / clamp_min(up, 1e-9) or vector(0)"#,
+    );
+    assert_eq!(names, BTreeSet::from(["db_client_operation_duration_seconds_bucket".to_owned(), "up".to_owned()]));
+}
+
+fn rule_exprs() -> (Vec<String>, BTreeSet<String>) {
+    let rules = yaml("prometheus/rules.yml");
+    let (mut exprs, mut recorded) = (Vec::new(), BTreeSet::new());
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            exprs.push(rule["expr"].as_str().unwrap().to_owned());
+            if let Some(name) = rule["record"].as_str() {
+                recorded.insert(name.to_owned());
+            }
+        }
+    }
+    (exprs, recorded)
+}
+
+fn dashboard_exprs() -> Vec<String> {
+    let dash: Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy("grafana/dashboards/draw64.json")).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(target["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(exprs.len() >= 15, "the dashboard has {} queries", exprs.len());
+    exprs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_dashboard_and_rules_use_is_in_a_live_scrape() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&db_path(&dir), "127.0.0.1:0", &[]);
+    let scrape = exercise_and_scrape(&server).await;
+    let mut series: BTreeSet<String> = BTreeSet::from(["up".to_owned()]); // Prometheus adds it per target
+    for line in scrape.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let mut parts = line.split(' ');
+        let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+        series.insert(name.to_owned());
+        if kind == "histogram" {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                series.insert(format!("{name}{suffix}"));
+            }
+        }
+    }
+    let (rules, recorded) = rule_exprs();
+    for expr in rules.iter().chain(&dashboard_exprs()) {
+        for name in metric_names(expr) {
+            assert!(series.contains(&name) || recorded.contains(&name), "{name} (in `{expr}`) is not in a live scrape");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_draw64_and_evaluates_the_rules() {
+    if !require("prometheus", "the real-Prometheus test") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&db_path(&dir), "127.0.0.1:0", &[]);
+    let target = server.metrics.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             rule_files: [{rules:?}]\n\
+             scrape_configs:\n  - job_name: draw64\n    static_configs: [{{targets: [\"{target}\"]}}]\n",
+            rules = deploy("prometheus/rules.yml").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut prometheus = ChildGuard(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::Client::new();
+    let query = |q: &str| {
+        let http = http.clone();
+        let url = format!("http://127.0.0.1:{port}/api/v1/query");
+        let q = q.to_owned();
+        async move {
+            let res = http.get(url).query(&[("query", q)]).send().await.ok()?;
+            let body: Value = res.json().await.ok()?;
+            let result = body["data"]["result"].as_array()?.clone();
+            (!result.is_empty()).then_some(result)
+        }
+    };
+    let checks = [
+        "sum(rate(http_server_request_duration_seconds_count[10s])) > 0",
+        "sum(http_server_request_duration_seconds_bucket{le=\"+Inf\"}) > 0",
+        "system_cpu_utilization_ratio >= 0",
+        "sum(system_memory_usage_bytes) > 0",
+        "target_info{service_name=\"draw64\"}",
+        "draw64:http_requests:rate1m > 0",
+        "up{job=\"draw64\"} == 1",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut pending: Vec<&str> = checks.to_vec();
+    while !pending.is_empty() {
+        assert!(Instant::now() < deadline, "Prometheus never answered: {pending:?}");
+        assert!(prometheus.0.try_wait().unwrap().is_none(), "prometheus exited");
+        // Steady traffic, so rates over the last seconds are non-zero.
+        for _ in 0..20 {
+            let _ = http.get(server.url("/images")).send().await;
+        }
+        let mut still = Vec::new();
+        for q in pending {
+            if query(q).await.is_none() {
+                still.push(q);
+            }
+        }
+        pending = still;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let info = query("target_info").await.unwrap();
+    assert_eq!(info[0]["metric"]["service_name"], "draw64");
+    assert!(info[0]["metric"]["service_instance_id"].is_string());
+}
+
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn compose_collector_and_grafana_agree_with_the_binary() {
+    use draw64::telemetry::settings::{DEFAULT_PROMETHEUS_ADDR, Settings};
+    let metrics_port = DEFAULT_PROMETHEUS_ADDR.rsplit(':').next().unwrap();
+    let compose = yaml("compose.yaml");
+    let services = compose["services"].as_mapping().unwrap();
+    for name in ["draw64", "otel-collector", "prometheus", "grafana", "tempo", "loki"] {
+        assert!(services.contains_key(name), "compose lacks {name}");
+    }
+    let draw64 = &compose["services"]["draw64"];
+    let command: Vec<&str> = draw64["command"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(command.windows(2).any(|w| w == ["--metrics-listen", &format!("0.0.0.0:{metrics_port}")]), "{command:?}");
+    assert!(command.windows(2).any(|w| w[0] == "--listen" && w[1].ends_with(":8000")));
+    // Every OTEL_* variable is one the binary accepts, with a value it accepts.
+    let env = draw64["environment"].as_mapping().unwrap();
+    let get = |k: &str| env.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    Settings::from_env(get, None).expect("compose's OTEL_* settings are valid");
+    let endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap();
+    let collector = yaml("otel-collector.yaml");
+    let grpc = collector["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].as_str().unwrap();
+    assert_eq!(endpoint, format!("http://otel-collector:{}", grpc.rsplit(':').next().unwrap()));
+    let prom_exporter =
+        collector["exporters"]["prometheus"]["endpoint"].as_str().unwrap().rsplit(':').next().unwrap().to_owned();
+    let scrape = yaml("prometheus/compose-prometheus.yml");
+    let targets: Vec<String> = scrape["scrape_configs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|job| {
+            job["static_configs"][0]["targets"].as_sequence().unwrap().iter().map(|t| t.as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert!(targets.contains(&format!("draw64:{metrics_port}")), "{targets:?}");
+    assert!(targets.contains(&format!("otel-collector:{prom_exporter}")), "{targets:?}");
+    let local = yaml("prometheus/prometheus.yml");
+    assert_eq!(local["scrape_configs"][0]["static_configs"][0]["targets"][0].as_str(), Some(DEFAULT_PROMETHEUS_ADDR));
+    // Grafana reaches Prometheus where compose publishes it, by the uid the dashboard uses.
+    let sources = yaml("grafana/provisioning/datasources/prometheus.yaml");
+    let prom = &sources["datasources"][0];
+    assert_eq!(prom["url"].as_str(), Some("http://prometheus:9090"));
+    let ports: Vec<&str> =
+        compose["services"]["prometheus"]["ports"].as_sequence().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert!(ports.contains(&"9090:9090"));
+    let dash = std::fs::read_to_string(deploy("grafana/dashboards/draw64.json")).unwrap();
+    assert!(dash.contains(&format!("\"uid\": \"{}\"", prom["uid"].as_str().unwrap())));
+    let providers = yaml("grafana/provisioning/dashboards/draw64.yaml");
+    let mounted = compose["services"]["grafana"]["volumes"].as_sequence().unwrap();
+    let path = providers["providers"][0]["options"]["path"].as_str().unwrap();
+    assert!(mounted.iter().any(|v| v.as_str().unwrap().contains(path)), "dashboards are not mounted at {path}");
+}
