@@ -197,6 +197,16 @@ mod tests {
             assert!(METRICS[i + 1..].iter().all(|o| o.name != m.name), "{} twice", m.name);
         }
         assert_eq!(prometheus_name(def("draw64.fanout.latency")), "draw64_fanout_latency_seconds");
+    }
+
+    #[test]
+    fn the_operator_guide_lists_every_metric() {
+        let guide = include_str!("../../docs/observability.md");
+        for m in METRICS {
+            let row = format!("| `{}` | `{}` |", m.name, prometheus_name(m));
+            assert!(guide.contains(&row), "docs/observability.md lacks the row for {}", m.name);
+            assert!(guide.contains(m.description), "docs/observability.md has another meaning for {}", m.name);
+        }
         assert_eq!(prometheus_name(def("draw64.ws.messages")), "draw64_ws_messages_total");
     }
 }
