@@ -27,7 +27,13 @@ use opentelemetry_sdk::{
     runtime::Tokio,
     trace::{Sampler as SdkSampler, SdkTracerProvider},
 };
-use tracing_subscriber::{EnvFilter, Layer, filter::filter_fn, fmt, prelude::*};
+use tracing::Level;
+use tracing_subscriber::{
+    EnvFilter, Layer,
+    filter::{Targets, filter_fn},
+    fmt,
+    prelude::*,
+};
 
 pub use metrics::metrics;
 use settings::{Exporter, Protocol, Sampler, Settings, SettingsError};
@@ -158,7 +164,9 @@ fn install_subscriber(
     logger: Option<&SdkLoggerProvider>,
 ) -> Result<(), TelemetryError> {
     let spec = config.log.clone().or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| DEFAULT_FILTER.into());
-    let filter = EnvFilter::try_new(&spec).map_err(|e| TelemetryError::Filter(spec.clone(), e.to_string()))?;
+    // The log filter applies to log lines (stderr and OTLP logs) only: quieting logs must not
+    // turn traces off, so spans have a filter of their own.
+    let filter = || EnvFilter::try_new(&spec).map_err(|e| TelemetryError::Filter(spec.clone(), e.to_string()));
     let json = match config.log_format {
         LogFormat::Json => true,
         LogFormat::Text => false,
@@ -176,15 +184,22 @@ fn install_subscriber(
         .with_location(false)
         .with_threads(false)
         .with_target(false)
-        .with_tracked_inactivity(false);
+        .with_tracked_inactivity(false)
+        .with_filter(Targets::new().with_target("draw64", Level::INFO));
     // The exporters' own diagnostics must not be exported again through themselves.
     let not_exporter = filter_fn(|m| {
         let t = m.target();
         !(t.starts_with("opentelemetry") || t.starts_with("tonic") || t.starts_with("h2") || t.starts_with("hyper"))
     });
-    let log_bridge = logger
-        .map(|l| opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(l).with_filter(not_exporter));
-    tracing_subscriber::registry().with(filter).with(fmt_layer).with(spans).with(log_bridge).init();
+    let log_bridge = match logger {
+        Some(l) => Some(
+            opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(l)
+                .with_filter(not_exporter)
+                .with_filter(filter()?),
+        ),
+        None => None,
+    };
+    tracing_subscriber::registry().with(fmt_layer.with_filter(filter()?)).with(spans).with(log_bridge).init();
     Ok(())
 }
 
