@@ -17,6 +17,7 @@ use axum::{Json, Router, extract::State, routing::get};
 async fn main() -> std::io::Result<()> {
     let stats_addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:14000".into());
     let receiver = otlp::Receiver::start().await;
+    receiver.sink.0.lock().unwrap().count_only = true;
     println!("grpc http://{}", receiver.grpc);
     println!("http http://{}", receiver.http);
     let app = Router::new().route("/stats", get(stats)).with_state(receiver.sink.clone());
@@ -27,14 +28,11 @@ async fn main() -> std::io::Result<()> {
 
 async fn stats(State(sink): State<otlp::Sink>) -> Json<serde_json::Value> {
     let got = sink.0.lock().unwrap();
-    let mut by_name: BTreeMap<&str, u64> = BTreeMap::new();
-    for span in &got.spans {
-        *by_name.entry(span.name.as_str()).or_default() += 1;
-    }
+    let by_name: &BTreeMap<String, u64> = &got.spans_by_name;
     Json(serde_json::json!({
-        "spans": got.spans.len(),
+        "spans": by_name.values().sum::<u64>(),
         "spans_by_name": by_name,
-        "logs": got.logs.len(),
+        "logs": got.log_count,
         "metric_requests": got.metric_requests,
     }))
 }

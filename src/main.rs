@@ -3,6 +3,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use draw64::{App, config::Cli, lifecycle, telemetry};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Cli::parse().into_config();
