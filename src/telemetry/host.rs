@@ -15,7 +15,7 @@ use opentelemetry::{KeyValue, metrics::Meter};
 use opentelemetry_semantic_conventions::{attribute as attr, metric as semconv};
 use sysinfo::{Disks, Networks, System};
 
-use super::registry::def;
+use super::{metrics::registry_gauge, registry::def};
 
 /// Collections closer together than this reuse the previous sample.
 const FRESH: Duration = Duration::from_millis(500);
@@ -406,19 +406,13 @@ pub fn register(meter: &Meter, push: bool, prometheus: Option<&prometheus::Regis
 
     // The async runtime.
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        let gauge = |name: &'static str, read: Box<dyn Fn(&tokio::runtime::RuntimeMetrics) -> u64 + Send + Sync>| {
-            let d = def(name);
+        let gauge = |name: &'static str, read: fn(&tokio::runtime::RuntimeMetrics) -> usize| {
             let runtime = runtime.clone();
-            meter
-                .u64_observable_gauge(d.name)
-                .with_unit(d.unit)
-                .with_description(d.description)
-                .with_callback(move |o| o.observe(read(&runtime.metrics()), &[]))
-                .build();
+            registry_gauge(meter, name, move || read(&runtime.metrics()) as u64);
         };
-        gauge("draw64.runtime.workers", Box::new(|m| m.num_workers() as u64));
-        gauge("draw64.runtime.tasks", Box::new(|m| m.num_alive_tasks() as u64));
-        gauge("draw64.runtime.global_queue.depth", Box::new(|m| m.global_queue_depth() as u64));
+        gauge("draw64.runtime.workers", tokio::runtime::RuntimeMetrics::num_workers);
+        gauge("draw64.runtime.tasks", tokio::runtime::RuntimeMetrics::num_alive_tasks);
+        gauge("draw64.runtime.global_queue.depth", tokio::runtime::RuntimeMetrics::global_queue_depth);
         let d = def("draw64.runtime.worker.utilization");
         let s = sample.clone();
         meter

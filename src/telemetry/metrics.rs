@@ -136,6 +136,18 @@ impl Metrics {
     }
 }
 
+/// An observable gauge declared in the registry, with no attributes, read at each collection.
+pub fn registry_gauge(meter: &Meter, name: &'static str, read: impl Fn() -> u64 + Send + Sync + 'static) {
+    let d = def(name);
+    debug_assert_eq!(d.instrument, Instrument::Gauge);
+    meter
+        .u64_observable_gauge(d.name)
+        .with_unit(d.unit)
+        .with_description(d.description)
+        .with_callback(move |o| o.observe(read(), &[]))
+        .build();
+}
+
 /// Attribute helpers for the bounded label sets.
 pub fn kv(key: &'static str, value: &'static str) -> KeyValue {
     KeyValue::new(key, value)
