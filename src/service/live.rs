@@ -66,6 +66,8 @@ pub struct Live {
     pub images: RwLock<HashMap<ImageId, Arc<LiveImage>>>,
     pub counters: Mutex<Counters>,
     pub users: AtomicU64,
+    /// The writer's database connection is inside a commit (for `db.client.connection.count`).
+    pub committing: std::sync::atomic::AtomicBool,
     announce: broadcast::Sender<Announcement>,
 }
 
@@ -75,6 +77,7 @@ impl Live {
             images: RwLock::default(),
             counters: Mutex::new(counters),
             users: AtomicU64::new(0),
+            committing: std::sync::atomic::AtomicBool::new(false),
             announce: broadcast::Sender::new(SUBSCRIBER_BACKLOG),
         }
     }

@@ -177,6 +177,11 @@ impl Service {
         QUEUE - self.ops.capacity()
     }
 
+    /// Whether the store's connection is busy committing right now.
+    pub fn store_busy(&self) -> bool {
+        self.live.committing.load(Ordering::Relaxed)
+    }
+
     pub fn image_count(&self) -> usize {
         read(&self.live.images).len()
     }

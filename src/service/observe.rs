@@ -1,6 +1,7 @@
 //! The service's state as observable gauges, read when metrics are collected.
 
 use opentelemetry::{KeyValue, global};
+use opentelemetry_semantic_conventions::{attribute as attr, metric as semconv};
 
 use super::Service;
 use crate::telemetry::{metrics::registry_gauge, registry::def};
@@ -18,6 +19,36 @@ pub fn register(service: &Service) {
     gauge("draw64.images.active", |s| s.image_count() as u64);
     gauge("draw64.users", Service::user_count);
     gauge("draw64.store.queue.depth", |s| s.queue_depth() as u64);
+
+    // The store's connections, as the database-client conventions count them. SQLite has one,
+    // owned by the writer: `used` while it commits, `idle` otherwise. Pushed metrics only: the
+    // name ends in `.count` (see `telemetry::metrics::push_enabled`).
+    let service_db = service.clone();
+    if crate::telemetry::metrics::push_enabled() {
+        meter
+            .i64_observable_up_down_counter(semconv::DB_CLIENT_CONNECTION_COUNT)
+            .with_unit("{connection}")
+            .with_description("Database connections by state.")
+            .with_callback(move |o| {
+                let busy = service_db.store_busy();
+                for (state, n) in [("used", i64::from(busy)), ("idle", i64::from(!busy))] {
+                    o.observe(
+                        n,
+                        &[
+                            KeyValue::new(attr::DB_CLIENT_CONNECTION_POOL_NAME, "draw64-writer"),
+                            KeyValue::new(attr::DB_CLIENT_CONNECTION_STATE, state),
+                        ],
+                    );
+                }
+            })
+            .build();
+    }
+    meter
+        .i64_observable_up_down_counter(semconv::DB_CLIENT_CONNECTION_MAX)
+        .with_unit("{connection}")
+        .with_description("Most database connections the pool may hold.")
+        .with_callback(|o| o.observe(1, &[KeyValue::new(attr::DB_CLIENT_CONNECTION_POOL_NAME, "draw64-writer")]))
+        .build();
 
     let d = def("draw64.image.users");
     let service = service.clone();

@@ -156,7 +156,9 @@ impl Writer {
             let operation = if writes.iter().all(|w| matches!(w, Write::Upsert(_))) { "BATCH UPSERT" } else { "BATCH" };
             let mut span = self.db_span(operation, &contexts, writes.len());
             let started = Instant::now();
+            self.live.committing.store(true, std::sync::atomic::Ordering::Relaxed);
             let result = self.store.commit(&writes, self.counters);
+            self.live.committing.store(false, std::sync::atomic::Ordering::Relaxed);
             self.record_db(operation, started.elapsed(), result.as_ref().err().map(|_| "commit_failed"));
             metrics().batch_size.record(outcomes.len() as u64, &[]);
             if let (Some(span), Err(e)) = (&mut span, &result) {

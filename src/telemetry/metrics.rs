@@ -41,6 +41,19 @@ pub struct Metrics {
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 
+/// Whether metrics are pushed (OTLP or console) besides, or instead of, Prometheus. Some
+/// semantic-convention names end in `.count`, which Prometheus reserves for histograms
+/// (promtool rejects them); those instruments exist only when they are pushed.
+static PUSH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_push(push: bool) {
+    PUSH.store(push, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn push_enabled() -> bool {
+    PUSH.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The instruments. Created on first use from the global meter provider, so `telemetry::init`
 /// touches this after installing the provider; without it (unit tests) they are no-ops.
 pub fn metrics() -> &'static Metrics {

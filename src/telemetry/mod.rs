@@ -144,6 +144,7 @@ pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
 
     install_subscriber(config, &tracer, logger.as_ref())?;
     let push = settings.metrics.iter().any(|e| *e != Exporter::Prometheus);
+    metrics::set_push(push);
     host::register(&global::meter("draw64"), push, registry.as_ref());
     metrics::metrics();
     install_panic_hook();
