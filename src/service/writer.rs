@@ -323,22 +323,24 @@ impl Writer {
                     let m = metrics();
                     m.commands_applied.add(1, &[KeyValue::new("draw64.command.type", kind)]);
                     m.pixels_drawn.add(pixels, &[]);
-                    let mut span = cx.span().span_context().is_sampled().then(|| {
-                        self.tracer
-                            .span_builder("fan-out")
-                            .with_kind(SpanKind::Producer)
-                            .start_with_context(&self.tracer, &cx)
-                    });
                     if let Some(live) = read(&self.live.images).get(&id) {
+                        // A fan-out span only when there is someone to fan out to.
+                        let receivers = live.events.receiver_count();
+                        let span = (receivers > 0 && cx.span().span_context().is_sampled()).then(|| {
+                            self.tracer
+                                .span_builder("fan-out")
+                                .with_kind(SpanKind::Producer)
+                                .with_attributes([
+                                    KeyValue::new("draw64.image.id", id.to_string()),
+                                    KeyValue::new("draw64.subscribers", receivers as i64),
+                                ])
+                                .start_with_context(&self.tracer, &cx)
+                        });
                         let event = Outgoing { text: text.into(), committed_at, kind: "image_updated" };
                         // No subscriber is fine: the change is stored.
-                        let receivers = live.events.send(event).unwrap_or(0);
-                        if let Some(span) = &mut span {
-                            span.set_attribute(KeyValue::new("draw64.image.id", id.to_string()));
-                            span.set_attribute(KeyValue::new("draw64.subscribers", receivers as i64));
-                        }
+                        let _ = live.events.send(event);
+                        drop(span);
                     }
-                    drop(span);
                     let _ = reply.send(Ok(()));
                 }
                 Outcome::Deleted { id, reply } => {

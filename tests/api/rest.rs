@@ -233,6 +233,7 @@ async fn every_answer_has_cache_control_and_head_works() {
         let res = app.http.request(method.parse().unwrap(), app.url(path)).send().await.unwrap();
         assert_eq!(res.status(), status, "{method} {path}");
         assert_eq!(res.headers()["cache-control"], "no-cache, no-store", "{method} {path}");
+        assert!(!res.headers()["x-served-by"].is_empty(), "{method} {path}: no X-Served-By");
         if status >= 400 {
             let body: Value = res.json().await.unwrap();
             assert!(body["detail"].is_string(), "{method} {path}: {body}");
