@@ -94,8 +94,9 @@ impl Service {
         op: impl FnOnce(oneshot::Sender<Result<T, ServiceError>>) -> Op,
     ) -> Result<T, ServiceError> {
         let (tx, rx) = oneshot::channel();
-        // The caller's trace context travels with the change into the writer's spans.
-        let cx = tracing_opentelemetry::OpenTelemetrySpanExt::context(&tracing::Span::current());
+        // The caller's trace context travels with the change into the writer's spans. (HTTP
+        // requests attach theirs; `tracing` spans attach theirs when entered.)
+        let cx = opentelemetry::Context::current();
         self.ops.send((op(tx), cx)).await.map_err(|_| ServiceError::Stopped)?;
         rx.await.map_err(|_| ServiceError::Stopped)?
     }

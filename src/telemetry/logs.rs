@@ -6,7 +6,6 @@ use std::fmt;
 
 use opentelemetry::trace::TraceContextExt;
 use tracing::Subscriber;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
     fmt::{
         FmtContext, FormatEvent, FormatFields,
@@ -32,7 +31,9 @@ where
         let mut line = String::with_capacity(256);
         self.0.format_event(ctx, Writer::new(&mut line), event)?;
         let line = line.trim_end();
-        let cx = tracing::Span::current().context();
+        // The current OpenTelemetry context: attached by the HTTP layer for requests, and by the
+        // tracing bridge when a `tracing` span is entered.
+        let cx = opentelemetry::Context::current();
         let span = cx.span();
         let ids = span.span_context();
         match line.strip_suffix('}') {
