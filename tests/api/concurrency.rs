@@ -40,7 +40,7 @@ async fn a_hundred_writers_end_with_the_replay_of_the_order_subscribers_saw() {
                 let body = if (w + i) % 37 == 0 {
                     CLEAR.to_owned()
                 } else {
-                    draw(&[[(w + i) % 4, i % 4, w as u8 as i64, i as i64, 1], [i % 4, w % 4, 0, w as i64, i as i64]])
+                    draw(&[[(w + i) % 4, i % 4, w as u8 as i64, i, 1], [i % 4, w % 4, 0, w, i]])
                 };
                 assert_eq!(http.put(&url).body(body).send().await.unwrap().status(), 200);
             }

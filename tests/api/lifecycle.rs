@@ -52,7 +52,7 @@ async fn kill_9_right_after_acknowledgement_loses_nothing() {
         tokio::spawn(async move {
             for i in 0..25 {
                 let n = w * 25 + i; // 200 distinct cells
-                let body = draw(&[[n % 64, n / 64, (w + 1) as i64, i as i64, 7]]);
+                let body = draw(&[[n % 64, n / 64, (w + 1), i, 7]]);
                 assert_eq!(http.put(&url).body(body).send().await.unwrap().status(), 200);
             }
         })
