@@ -10,6 +10,7 @@
 
 #![deny(deprecated)] // deprecated semantic-convention names must not compile
 
+mod console;
 mod host;
 mod logs;
 pub mod metrics;
@@ -96,7 +97,7 @@ pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
         SdkTracerProvider::builder().with_resource(resource.clone()).with_sampler(sampler(&settings.sampler));
     for exporter in &settings.traces {
         tracer = match exporter {
-            Exporter::Console => tracer.with_span_processor(batch_spans(opentelemetry_stdout::SpanExporter::default())),
+            Exporter::Console => tracer.with_span_processor(batch_spans(console::ConsoleSpans)),
             Exporter::Otlp => tracer.with_span_processor(batch_spans(otlp::spans(settings.protocol)?)),
             Exporter::Prometheus => tracer,
         };
@@ -292,7 +293,7 @@ mod otlp {
     fn off<T>() -> Result<T, TelemetryError> {
         Err(TelemetryError::Exporter("OTLP", "this build has no OTLP support (feature `otlp` is off)".into()))
     }
-    pub fn spans(_: Protocol) -> Result<opentelemetry_stdout::SpanExporter, TelemetryError> {
+    pub fn spans(_: Protocol) -> Result<super::console::ConsoleSpans, TelemetryError> {
         off()
     }
     pub fn metrics(_: Protocol) -> Result<opentelemetry_stdout::MetricExporter, TelemetryError> {

@@ -139,9 +139,18 @@ async fn the_console_exporter_prints_span_names_and_trace_ids() {
     server.signal(Signal::SIGTERM);
     assert_eq!(server.wait(), Some(0));
     let printed = std::fs::read_to_string(&out).unwrap();
-    assert!(printed.contains("PUT /images/{image_id}"), "{printed}");
-    assert!(printed.contains(TRACE_ID), "{printed}");
-    assert!(printed.contains("BATCH UPSERT images"), "{printed}");
+    let put = printed
+        .lines()
+        .find(|l| l.starts_with("span \"PUT /images/{image_id}\""))
+        .unwrap_or_else(|| panic!("no PUT span line in:\n{printed}"));
+    assert!(put.contains(&format!("trace_id={TRACE_ID}")), "{put}");
+    assert!(put.contains(&format!("parent_span_id={PARENT_ID}")), "{put}");
+    assert!(put.contains("kind=Server") && put.contains("duration_ms="), "{put}");
+    assert!(put.contains("http.response.status_code=200") && put.contains("http.route=/images/{image_id}"), "{put}");
+    assert!(
+        printed.lines().any(|l| l.starts_with("span \"BATCH UPSERT images\"") && l.contains(TRACE_ID)),
+        "{printed}"
+    );
 }
 
 #[tokio::test]
