@@ -143,17 +143,23 @@ async function loadImageList() {
   select.value = imageId;
 }
 
+// Bumped by every live count, so a /statistics answer that left before it cannot overwrite it.
+let countEvents = 0;
+
 function listen() {
   const source = new EventSource('/sse/announce');
   source.addEventListener('image_created', (e) => ensureOption(JSON.parse(e.data).event.image_id));
   source.addEventListener('image_deleted', (e) => removeOption(JSON.parse(e.data).event.image_id));
   source.addEventListener('user_count_updated', (e) => {
+    countEvents += 1;
     userCount.textContent = JSON.parse(e.data).event.user_count;
   });
   source.onopen = async () => {
     loadImageList();
+    const seen = countEvents;
     const res = await fetch('/statistics');
-    if (res.ok) userCount.textContent = (await res.json()).user_count;
+    const stats = res.ok ? await res.json() : null;
+    if (stats && seen === countEvents) userCount.textContent = stats.user_count;
   };
 }
 
