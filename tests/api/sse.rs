@@ -76,6 +76,7 @@ async fn a_second_stream_counts_from_one_and_pings_every_5_s() {
     let ping = sse.next().await;
     assert_eq!(ping.comment.as_deref(), Some("ping"));
     let waited = started.elapsed().as_secs_f64();
-    assert!((4.0..7.0).contains(&waited), "ping after {waited} s");
+    // The interval is 5 s; the upper bound only allows for a loaded machine.
+    assert!((4.0..10.0).contains(&waited), "ping after {waited} s");
     app.stop().await;
 }
