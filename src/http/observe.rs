@@ -12,7 +12,7 @@ use axum::{
     middleware::Next,
     response::Response,
 };
-use std::{borrow::Cow, sync::OnceLock};
+use std::sync::OnceLock;
 
 use opentelemetry::{
     KeyValue,
@@ -59,12 +59,14 @@ const ROUTES: &[&str] = &[
 
 /// The route template; the PNG route shares axum's `/images/{image_id}` (a dynamic segment
 /// cannot carry a suffix) and is reported as the template the API documents.
-fn route(method: &Method, matched: Option<&MatchedPath>, path: &str) -> Option<&'static str> {
+fn route(method: &Method, matched: Option<&MatchedPath>, path: &str) -> Option<usize> {
     let matched = matched?.as_str();
-    if matched == "/images/{image_id}" && method == Method::GET && path.ends_with(".png") {
-        return Some("/images/{image_id}.png");
-    }
-    let found = ROUTES.iter().find(|r| **r == matched).copied();
+    let matched = if matched == "/images/{image_id}" && method == Method::GET && path.ends_with(".png") {
+        "/images/{image_id}.png"
+    } else {
+        matched
+    };
+    let found = ROUTES.iter().position(|r| *r == matched);
     if found.is_none() {
         tracing::warn!(route = matched, "route template missing from observe::ROUTES; reported as no route");
     }
@@ -72,19 +74,22 @@ fn route(method: &Method, matched: Option<&MatchedPath>, path: &str) -> Option<&
 }
 
 /// Known methods as themselves; anything else as `_OTHER`, as the convention asks.
-fn method_name(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => "_OTHER",
-    }
+const METHODS: [&str; 10] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "_OTHER"];
+
+fn method_index(method: &Method) -> usize {
+    METHODS[..9].iter().position(|m| *m == method.as_str()).unwrap_or(9)
+}
+
+/// `{method} {route}` for every pair, built once: span names cost no allocation per request.
+fn span_name(method: usize, route: usize) -> &'static str {
+    static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        METHODS
+            .iter()
+            .flat_map(|m| ROUTES.iter().map(move |r| &*Box::leak(format!("{m} {r}").into_boxed_str())))
+            .collect()
+    });
+    names[method * ROUTES.len() + route]
 }
 
 /// The tracer for server spans, fetched once: after `telemetry::init` installed the provider.
@@ -100,11 +105,16 @@ fn tracer() -> &'static BoxedTracer {
 /// log bridge) sees it as the current context.
 pub async fn observe(req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = method_name(req.method());
-    let route = route(req.method(), req.extensions().get::<MatchedPath>(), req.uri().path());
-    let name = match route {
-        Some(r) => Cow::Owned(format!("{method} {r}")),
-        None => Cow::Borrowed(method),
+    let method_at = method_index(req.method());
+    let method = METHODS[method_at];
+    let route_at = route(req.method(), req.extensions().get::<MatchedPath>(), req.uri().path());
+    let route = route_at.map(|r| ROUTES[r]);
+    // The convention's name: `{method} {route}`, or the method alone without a route, and
+    // `HTTP` for a method it does not know.
+    let name = match (route_at, method) {
+        (_, "_OTHER") => "HTTP",
+        (Some(r), _) => span_name(method_at, r),
+        (None, _) => method,
     };
     let parent = global::get_text_map_propagator(|p| p.extract(&Headers(req.headers())));
     let protocol = version(&req);
