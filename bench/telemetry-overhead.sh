@@ -48,15 +48,17 @@ stop
 start OTEL_EXPORTER_OTLP_ENDPOINT="$grpc" OTEL_EXPORTER_OTLP_PROTOCOL=grpc OTEL_TRACES_EXPORTER=otlp \
   OTEL_METRICS_EXPORTER=prometheus,otlp OTEL_LOGS_EXPORTER=otlp OTEL_TRACES_SAMPLER=always_on \
   OTEL_METRIC_EXPORT_INTERVAL=5000
-before=$(put_spans)
-read -r on_p99 on_n < <(at_rate "$half")
-sleep 2
-received=$(( $(put_spans) - before ))
+# Same order as with telemetry off (saturate, then half rate): the database file grows during a
+# run, so the phases must not swap places between the two configurations.
 before=$(put_spans)
 on_rate=$(saturate); on_sat_p99=$(wrk_p99)
 sat_sent=$(awk '/requests in/ {print $1}' "$work/wrk.out")
 sleep 2
 sat_received=$(( $(put_spans) - before ))
+before=$(put_spans)
+read -r on_p99 on_n < <(at_rate "$half")
+sleep 2
+received=$(( $(put_spans) - before ))
 stop
 
 python3 - "$off_rate" "$off_sat_p99" "$half" "$off_p99" "$off_n" "$on_p99" "$on_n" "$received" "$on_rate" "$on_sat_p99" "$sat_sent" "$sat_received" <<'PY'
