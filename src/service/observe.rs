@@ -4,7 +4,7 @@ use opentelemetry::{KeyValue, global};
 use opentelemetry_semantic_conventions::{attribute as attr, metric as semconv};
 
 use super::Service;
-use crate::telemetry::{metrics::registry_gauge, registry::def};
+use crate::telemetry::metrics::{registry_gauge, registry_gauge_u64};
 
 /// How many images get their own rank in `draw64.image.users`; the rest are summed as `other`.
 const RANKED: usize = 10;
@@ -50,18 +50,12 @@ pub fn register(service: &Service) {
         .with_callback(|o| o.observe(1, &[KeyValue::new(attr::DB_CLIENT_CONNECTION_POOL_NAME, "draw64-writer")]))
         .build();
 
-    let d = def("draw64.image.users");
     let service = service.clone();
-    meter
-        .u64_observable_gauge(d.name)
-        .with_unit(d.unit)
-        .with_description(d.description)
-        .with_callback(move |o| {
-            let users = service.users_per_image();
-            for (rank, n) in RANKS.iter().zip(&users) {
-                o.observe(*n, &[KeyValue::new("draw64.image.rank", *rank)]);
-            }
-            o.observe(users.iter().skip(RANKED).sum(), &[KeyValue::new("draw64.image.rank", "other")]);
-        })
-        .build();
+    registry_gauge_u64(&meter, "draw64.image.users", move |o| {
+        let users = service.users_per_image();
+        for (rank, n) in RANKS.iter().zip(&users) {
+            o.observe(*n, &[KeyValue::new("draw64.image.rank", *rank)]);
+        }
+        o.observe(users.iter().skip(RANKED).sum(), &[KeyValue::new("draw64.image.rank", "other")]);
+    });
 }

@@ -15,7 +15,7 @@ use opentelemetry::{KeyValue, metrics::Meter};
 use opentelemetry_semantic_conventions::{attribute as attr, metric as semconv};
 use sysinfo::{Disks, Networks, System};
 
-use super::{metrics::registry_gauge, registry::def};
+use super::metrics::{registry_gauge, registry_gauge_f64};
 
 /// Collections closer together than this reuse the previous sample.
 const FRESH: Duration = Duration::from_millis(500);
@@ -328,18 +328,12 @@ pub fn register(meter: &Meter, push: bool, prometheus: Option<&prometheus::Regis
         })
         .build();
     let s = sample.clone();
-    let load = def("draw64.host.load_average");
-    meter
-        .f64_observable_gauge(load.name)
-        .with_unit(load.unit)
-        .with_description(load.description)
-        .with_callback(move |o| {
-            let l = s().load;
-            for (window, v) in [("1m", l[0]), ("5m", l[1]), ("15m", l[2])] {
-                o.observe(v, &[KeyValue::new("draw64.load.window", window)]);
-            }
-        })
-        .build();
+    registry_gauge_f64(meter, "draw64.host.load_average", move |o| {
+        let l = s().load;
+        for (window, v) in [("1m", l[0]), ("5m", l[1]), ("15m", l[2])] {
+            o.observe(v, &[KeyValue::new("draw64.load.window", window)]);
+        }
+    });
 
     // The process.
     let s = sample.clone();
@@ -413,14 +407,10 @@ pub fn register(meter: &Meter, push: bool, prometheus: Option<&prometheus::Regis
         gauge("draw64.runtime.workers", tokio::runtime::RuntimeMetrics::num_workers);
         gauge("draw64.runtime.tasks", tokio::runtime::RuntimeMetrics::num_alive_tasks);
         gauge("draw64.runtime.global_queue.depth", tokio::runtime::RuntimeMetrics::global_queue_depth);
-        let d = def("draw64.runtime.worker.utilization");
         let s = sample.clone();
-        meter
-            .f64_observable_gauge(d.name)
-            .with_unit(d.unit)
-            .with_description(d.description)
-            .with_callback(move |o| o.observe(s().runtime_utilization, &[]))
-            .build();
+        registry_gauge_f64(meter, "draw64.runtime.worker.utilization", move |o| {
+            o.observe(s().runtime_utilization, &[])
+        });
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use opentelemetry::{
     KeyValue, global,
-    metrics::{Counter, Histogram, Meter, UpDownCounter},
+    metrics::{AsyncInstrument, Counter, Histogram, Meter, UpDownCounter},
 };
 use opentelemetry_semantic_conventions::metric as semconv;
 
@@ -151,14 +151,33 @@ impl Metrics {
 
 /// An observable gauge declared in the registry, with no attributes, read at each collection.
 pub fn registry_gauge(meter: &Meter, name: &'static str, read: impl Fn() -> u64 + Send + Sync + 'static) {
+    registry_gauge_u64(meter, name, move |o| o.observe(read(), &[]));
+}
+
+/// An observable gauge declared in the registry; `observe` reports its series at each collection.
+pub fn registry_gauge_u64(
+    meter: &Meter,
+    name: &'static str,
+    observe: impl Fn(&dyn AsyncInstrument<u64>) + Send + Sync + 'static,
+) {
+    let d = gauge_def(name);
+    meter.u64_observable_gauge(d.name).with_unit(d.unit).with_description(d.description).with_callback(observe).build();
+}
+
+/// The same for a fractional gauge.
+pub fn registry_gauge_f64(
+    meter: &Meter,
+    name: &'static str,
+    observe: impl Fn(&dyn AsyncInstrument<f64>) + Send + Sync + 'static,
+) {
+    let d = gauge_def(name);
+    meter.f64_observable_gauge(d.name).with_unit(d.unit).with_description(d.description).with_callback(observe).build();
+}
+
+fn gauge_def(name: &'static str) -> &'static super::registry::MetricDef {
     let d = def(name);
     debug_assert_eq!(d.instrument, Instrument::Gauge);
-    meter
-        .u64_observable_gauge(d.name)
-        .with_unit(d.unit)
-        .with_description(d.description)
-        .with_callback(move |o| o.observe(read(), &[]))
-        .build();
+    d
 }
 
 /// Attribute helpers for the bounded label sets.
