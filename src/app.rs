@@ -7,6 +7,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 
 use crate::{
+    bus,
     config::Config,
     http::{self, AppState},
     lifecycle::Lifecycle,
@@ -34,20 +35,26 @@ pub struct App {
 impl App {
     /// Without `telemetry` (tests in-process) there is no metrics port.
     pub async fn build(config: &Config, telemetry: Option<&Telemetry>) -> Result<Self, StartupError> {
-        let store = store::open(&config.database)?;
+        // In-process apps (tests) share a pid: a random suffix keeps instances apart.
+        let instance_id = telemetry.map_or_else(
+            || format!("draw64-{}-{:08x}", std::process::id(), fastrand::u32(..)),
+            |t| t.instance_id.clone(),
+        );
+        let store = store::open(&config.database, &instance_id)?;
         let limits = Limits { max_images: config.max_images, max_total_images: config.max_total_images };
-        let service = Service::start(store, limits)?;
+        let service = Service::start(store, limits).await?;
+        let bus = bus::start(&config.database, &instance_id, &service)?;
         let listener = TcpListener::bind(config.listen).await.map_err(|e| StartupError::Bind(config.listen, e))?;
         let metrics_listener = match telemetry.and_then(Telemetry::prometheus_addr) {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| StartupError::Bind(addr, e))?),
             None => None,
         };
-        let instance_id = telemetry.map_or_else(|| format!("draw64-{}", std::process::id()), |t| t.instance_id.clone());
         let state = AppState {
             service,
             lifecycle: Arc::new(Lifecycle::default()),
             ws_ping_interval: config.ws_ping_interval,
             instance_id: instance_id.into(),
+            bus,
             prometheus: telemetry.and_then(|t| t.prometheus.clone()),
         };
         Ok(Self {
@@ -74,6 +81,7 @@ impl App {
         let Self { listener, metrics_listener, state, drain_grace, shutdown_timeout } = self;
         let lifecycle = state.lifecycle.clone();
         let service = state.service.clone();
+        let bus = state.bus.clone();
         if let Some(metrics) = metrics_listener {
             tracing::info!(address = %metrics.local_addr()?, "metrics listening");
             let server =
@@ -106,6 +114,9 @@ impl App {
             }
         }
         service.shutdown().await;
+        if let Some(bus) = &bus {
+            bus.stop().await;
+        }
         tracing::info!("stopped");
         Ok(())
     }

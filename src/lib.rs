@@ -14,6 +14,7 @@
 //! - [`config`], [`telemetry`]: flags and environment; logs.
 
 pub mod app;
+pub mod bus;
 pub mod config;
 pub mod domain;
 pub mod http;

@@ -19,7 +19,7 @@ pub struct Readiness {
     /// Present when not ready: which checks failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<String>,
-    /// Each check by name (`store`, `shutdown`).
+    /// Each check by name (`store`, `bus` with several instances, `shutdown`).
     checks: std::collections::BTreeMap<&'static str, Check>,
 }
 
@@ -50,6 +50,10 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Readiness>
         Err(e) => e.to_string(),
     };
     checks.insert("store", Check { status: store, latency_seconds: Some(started.elapsed().as_secs_f64()) });
+    if let Some(bus) = &app.bus {
+        let status = bus.check().err().unwrap_or_else(|| "ok".to_owned());
+        checks.insert("bus", Check { status, latency_seconds: None });
+    }
     let shutdown = if app.lifecycle.is_draining() { "draining" } else { "ok" };
     checks.insert("shutdown", Check { status: shutdown.to_owned(), latency_seconds: None });
     let failing: Vec<&str> = checks.iter().filter(|(_, c)| c.status != "ok").map(|(k, _)| *k).collect();

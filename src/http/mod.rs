@@ -29,6 +29,8 @@ pub struct AppState {
     pub ws_ping_interval: Duration,
     /// `service.instance.id`, sent as `X-Served-By` on every answer.
     pub instance_id: Arc<str>,
+    /// The cross-instance bus, with several instances (for readiness).
+    pub bus: Option<Arc<dyn crate::bus::Bus>>,
     /// What `/metrics` encodes, when metrics go to Prometheus.
     pub prometheus: Option<prometheus::Registry>,
 }

@@ -28,6 +28,7 @@ use super::{
 };
 use crate::{
     domain::{Command, ImageId, event},
+    service::RESYNC,
     telemetry::metrics,
 };
 
@@ -161,6 +162,10 @@ async fn run(
                 return End::Shutdown;
             }
             event = events.recv() => match event {
+                Ok(event) if event.kind == RESYNC => {
+                    close(&mut sink, CLOSE_TRY_AGAIN_LATER, "The image was reloaded; reconnect and reload it.").await;
+                    return End::Lagged;
+                }
                 Ok(event) => {
                     metrics().fanout_latency.record(event.committed_at.elapsed().as_secs_f64(), &[]);
                     count_out(event.kind);

@@ -5,7 +5,7 @@
 //! reader never sees a change that is not durable.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{
         Arc, Mutex, PoisonError, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -16,7 +16,7 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::broadcast;
 
 use crate::{
-    domain::{Canvas, ImageId, event},
+    domain::{Canvas, Command, ImageId, event},
     store::Counters,
 };
 
@@ -43,29 +43,129 @@ pub struct Announcement {
     pub data: Arc<str>,
 }
 
+/// The `kind` of the event that tells subscribers their image was reloaded from the database
+/// (they missed changes the log no longer holds) and they must reload too.
+pub const RESYNC: &str = "resync";
+
+/// One committed change on its way to an image's subscribers.
+pub struct Delivery {
+    pub version: u64,
+    pub command: Command,
+    pub text: EventText,
+    pub committed_at: std::time::Instant,
+    /// The trace of the request that made the change (on this instance or another).
+    pub cx: opentelemetry::Context,
+}
+
+/// Changes are applied and sent strictly in version order; one that arrives early (another
+/// instance's change before it is still on its way) waits here.
+#[derive(Default)]
+struct Order {
+    version: u64,
+    early: BTreeMap<u64, Delivery>,
+}
+
 pub struct LiveImage {
+    /// Random per creation, as stored: tells a re-created image from its deleted namesake.
+    pub generation: u64,
     pub canvas: RwLock<Canvas>,
+    /// Commands applied so far: the image's version (each accepted command is one version).
     pub updates: AtomicU64,
     /// Users connected to this image, for the bounded per-image users metric.
     pub users: AtomicU64,
     pub events: broadcast::Sender<Outgoing>,
+    order: Mutex<Order>,
 }
 
 impl LiveImage {
-    pub fn new(canvas: Canvas, updates: u64) -> Self {
+    pub fn new(generation: u64, canvas: Canvas, version: u64) -> Self {
         Self {
+            generation,
             canvas: RwLock::new(canvas),
-            updates: AtomicU64::new(updates),
+            updates: AtomicU64::new(version),
             users: AtomicU64::new(0),
             events: broadcast::Sender::new(SUBSCRIBER_BACKLOG),
+            order: Mutex::new(Order { version, early: BTreeMap::new() }),
         }
     }
+
+    /// The last version applied and sent.
+    pub fn version(&self) -> u64 {
+        lock(&self.order).version
+    }
+
+    /// Applies and sends `change` when it is the next version, then any early ones it unblocks;
+    /// ignores a version already sent (a duplicate). Answers whether a gap remains (a version
+    /// is missing: the caller should fetch it).
+    pub fn deliver(&self, id: &ImageId, change: Delivery) -> bool {
+        let mut order = lock(&self.order);
+        if change.version <= order.version {
+            return !order.early.is_empty();
+        }
+        order.early.insert(change.version, change);
+        let order = &mut *order;
+        while let Some(entry) = order.early.first_entry() {
+            if *entry.key() != order.version + 1 {
+                break;
+            }
+            let change = entry.remove();
+            change.command.apply(&mut write(&self.canvas));
+            order.version = change.version;
+            self.updates.store(change.version, Ordering::Relaxed);
+            self.send(id, change);
+        }
+        !order.early.is_empty()
+    }
+
+    fn send(&self, id: &ImageId, change: Delivery) {
+        use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _};
+        // A fan-out span only when there is someone to fan out to.
+        let receivers = self.events.receiver_count();
+        let span = (receivers > 0 && change.cx.span().span_context().is_sampled()).then(|| {
+            let tracer = opentelemetry::global::tracer("draw64");
+            tracer
+                .span_builder("fan-out")
+                .with_kind(SpanKind::Producer)
+                .with_attributes([
+                    opentelemetry::KeyValue::new("draw64.image.id", id.to_string()),
+                    opentelemetry::KeyValue::new("draw64.image.version", change.version as i64),
+                    opentelemetry::KeyValue::new("draw64.subscribers", receivers as i64),
+                ])
+                .start_with_context(&tracer, &change.cx)
+        });
+        // No subscriber is fine: the change is stored.
+        let _ = self.events.send(Outgoing { text: change.text, committed_at: change.committed_at, kind: "image_updated" });
+        drop(span);
+    }
+
+    /// Replaces the canvas with the database's (the missing changes are no longer in the log)
+    /// and tells subscribers to reload.
+    pub fn reset(&self, canvas: Canvas, version: u64) {
+        let mut order = lock(&self.order);
+        *write(&self.canvas) = canvas;
+        order.version = version;
+        order.early = order.early.split_off(&(version + 1));
+        self.updates.store(version, Ordering::Relaxed);
+        let text = event::bare(RESYNC).into();
+        let _ = self.events.send(Outgoing { text, committed_at: std::time::Instant::now(), kind: RESYNC });
+    }
 }
+
+/// How long another instance's user count counts without a heartbeat (an instance that died
+/// without saying goodbye drops out of the total after this).
+pub const PRESENCE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct Live {
     pub images: RwLock<HashMap<ImageId, Arc<LiveImage>>>,
     pub counters: Mutex<Counters>,
+    /// Users connected to this instance.
     pub users: AtomicU64,
+    /// Users on other instances, by instance id, with when each was last heard from.
+    remote_users: Mutex<HashMap<String, (u64, std::time::Instant)>>,
+    /// Wakes the bus when this instance's user count changes.
+    pub presence_changed: tokio::sync::Notify,
+    /// Where the writer reports an image with a missing version (set when a bus runs).
+    pub gaps: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<ImageId>>,
     /// The writer's database connection is inside a commit (for `db.client.connection.count`).
     pub committing: std::sync::atomic::AtomicBool,
     announce: broadcast::Sender<Announcement>,
@@ -77,6 +177,9 @@ impl Live {
             images: RwLock::default(),
             counters: Mutex::new(counters),
             users: AtomicU64::new(0),
+            remote_users: Mutex::default(),
+            presence_changed: tokio::sync::Notify::new(),
+            gaps: std::sync::OnceLock::new(),
             committing: std::sync::atomic::AtomicBool::new(false),
             announce: broadcast::Sender::new(SUBSCRIBER_BACKLOG),
         }
@@ -95,8 +198,89 @@ impl Live {
         self.announce.subscribe()
     }
 
+    /// Makes an image live (blank or as loaded) unless one of that generation already is;
+    /// a live namesake of another generation (deleted and re-created) is replaced. Announces it.
+    pub fn add_image(&self, id: &ImageId, generation: u64, canvas: Canvas, version: u64) -> bool {
+        let replaced = {
+            let mut images = write(&self.images);
+            if images.get(id).is_some_and(|live| live.generation == generation) {
+                return false;
+            }
+            images.insert(id.clone(), Arc::new(LiveImage::new(generation, canvas, version)))
+        };
+        if let Some(old) = replaced {
+            self.deleted(id, &old);
+        }
+        self.announce_image("image_created", id);
+        true
+    }
+
+    /// Removes a live image if it is still `expected` (or any, when `None`); tells its
+    /// subscribers and the announcement stream. Answers whether it removed one.
+    pub fn remove_image(&self, id: &ImageId, expected: Option<&Arc<LiveImage>>) -> bool {
+        let removed = {
+            let mut images = write(&self.images);
+            match (images.get(id), expected) {
+                (Some(live), Some(expected)) if !Arc::ptr_eq(live, expected) => None,
+                _ => images.remove(id),
+            }
+        };
+        match removed {
+            Some(old) => {
+                self.deleted(id, &old);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn deleted(&self, id: &ImageId, old: &LiveImage) {
+        let text = event::about_image("image_deleted", id).into();
+        let _ = old.events.send(Outgoing { text, committed_at: std::time::Instant::now(), kind: "image_deleted" });
+        self.announce_image("image_deleted", id);
+    }
+
+    /// Users on every instance: this one's plus the others' last heartbeats.
     pub fn user_count(&self) -> u64 {
-        self.users.load(Ordering::Relaxed)
+        let now = std::time::Instant::now();
+        let remote: u64 =
+            lock(&self.remote_users).values().filter(|(_, seen)| now - *seen < PRESENCE_TTL).map(|(n, _)| n).sum();
+        self.users.load(Ordering::Relaxed) + remote
+    }
+
+    /// Records another instance's user count (`None`: it left); announces a changed total.
+    pub fn set_remote_users(&self, instance: &str, users: Option<u64>) {
+        self.update_remote(|remote| match users {
+            Some(n) => drop(remote.insert(instance.to_owned(), (n, std::time::Instant::now()))),
+            None => drop(remote.remove(instance)),
+        });
+    }
+
+    /// Drops instances not heard from within `PRESENCE_TTL`; announces a changed total.
+    pub fn expire_remote_users(&self) {
+        self.update_remote(|_| {});
+    }
+
+    fn update_remote(&self, change: impl FnOnce(&mut HashMap<String, (u64, std::time::Instant)>)) {
+        let before = self.user_count();
+        {
+            let mut remote = lock(&self.remote_users);
+            change(&mut remote);
+            let now = std::time::Instant::now();
+            remote.retain(|_, (_, seen)| now - *seen < PRESENCE_TTL);
+        }
+        let after = self.user_count();
+        if after != before {
+            self.announce("user_count_updated", event::user_count_updated(after));
+        }
+    }
+
+    /// Counters only grow, so the largest value seen (from this writer or another instance)
+    /// is the current one.
+    pub fn merge_counters(&self, seen: Counters) {
+        let mut counters = lock(&self.counters);
+        counters.images_created = counters.images_created.max(seen.images_created);
+        counters.images_deleted = counters.images_deleted.max(seen.images_deleted);
     }
 }
 

@@ -13,8 +13,9 @@ use std::{
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use live::{Announcement, EventText, Outgoing, SUBSCRIBER_BACKLOG};
-use live::{Live, lock, read};
+pub use live::{Announcement, Delivery, EventText, LiveImage, Live, Outgoing, RESYNC, SUBSCRIBER_BACKLOG};
+pub use writer::traceparent;
+use live::{lock, read};
 use writer::{Job, Op, Writer};
 
 use crate::{
@@ -67,26 +68,39 @@ pub struct Service {
 }
 
 impl Service {
-    /// Loads every image from the store into memory and starts the writer thread.
-    pub fn start(mut store: Box<dyn Store>, limits: Limits) -> Result<Self, StoreError> {
-        let snapshot = store.load()?;
-        let live = Arc::new(Live::new(snapshot.counters));
-        {
-            let mut map = live::write(&live.images);
-            for img in &snapshot.images {
-                map.insert(img.id.clone(), Arc::new(live::LiveImage::new(img.canvas.clone(), img.updates)));
-            }
-        }
-        tracing::info!(images = snapshot.images.len(), "images loaded from the store");
+    /// Starts the writer thread, which loads every image from the store into memory (all store
+    /// calls happen on that thread), and answers once they are loaded.
+    pub async fn start(store: Box<dyn Store>, limits: Limits) -> Result<Self, StoreError> {
+        let live = Arc::new(Live::new(Default::default()));
         let (ops, queue) = mpsc::channel(QUEUE);
-        let writer = Writer::new(store, snapshot.images, snapshot.counters, live.clone(), limits);
+        let (loaded_tx, loaded) = oneshot::channel();
+        let writer_live = live.clone();
         let handle = std::thread::Builder::new()
             .name("draw64-writer".into())
-            .spawn(move || writer.run(queue))
+            .spawn(move || match Writer::load(store, writer_live, limits) {
+                Ok(writer) => {
+                    let _ = loaded_tx.send(Ok(()));
+                    writer.run(queue);
+                }
+                Err(e) => drop(loaded_tx.send(Err(e))),
+            })
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        match loaded.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                return Err(e);
+            }
+            Err(_) => return Err(StoreError::Database("the writer thread stopped while loading".into())),
+        }
         let service = Self { ops, live, writer: Arc::new(Mutex::new(Some(handle))) };
         observe::register(&service);
         Ok(service)
+    }
+
+    /// The shared in-memory state, for the bus that keeps it fresh from other instances.
+    pub(crate) fn live(&self) -> &Arc<Live> {
+        &self.live
     }
 
     async fn call<T>(
@@ -203,12 +217,13 @@ impl Service {
             Arc::downgrade(img)
         });
         let created = created.then_some(image);
-        let n = self.live.users.fetch_add(1, Ordering::Relaxed) + 1;
+        self.live.users.fetch_add(1, Ordering::Relaxed);
+        self.live.presence_changed.notify_one();
         self.live.announce("user_connected", event::bare("user_connected"));
         if let Some(id) = created {
             self.live.announce_image("image_created", id);
         }
-        self.live.announce("user_count_updated", event::user_count_updated(n));
+        self.live.announce("user_count_updated", event::user_count_updated(self.live.user_count()));
         Presence { live: self.live.clone(), image: on_image }
     }
 
@@ -232,8 +247,9 @@ impl Drop for Presence {
         if let Some(img) = self.image.as_ref().and_then(std::sync::Weak::upgrade) {
             img.users.fetch_sub(1, Ordering::Relaxed);
         }
-        let n = self.live.users.fetch_sub(1, Ordering::Relaxed) - 1;
+        self.live.users.fetch_sub(1, Ordering::Relaxed);
+        self.live.presence_changed.notify_one();
         self.live.announce("user_disconnected", event::bare("user_disconnected"));
-        self.live.announce("user_count_updated", event::user_count_updated(n));
+        self.live.announce("user_count_updated", event::user_count_updated(self.live.user_count()));
     }
 }

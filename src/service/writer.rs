@@ -20,18 +20,18 @@ use std::{
 use opentelemetry::{
     Context, KeyValue,
     global::{self, BoxedTracer},
-    trace::{Link, Span as _, SpanKind, Status, TraceContextExt, Tracer as _},
+    trace::{Link, Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _},
 };
 use opentelemetry_semantic_conventions::attribute as attr;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Limits, Outgoing, ServiceError,
-    live::{Live, LiveImage, lock, read, write},
+    Limits, ServiceError,
+    live::{Delivery, Live, LiveImage, read, write},
 };
 use crate::{
     domain::{Command, ImageId, event, random_image_id},
-    store::{Counters, Describe, Store, StoredImage, Write},
+    store::{Change, Counters, Describe, Locked, Notice, Store, StoredImage, Write},
     telemetry::metrics,
 };
 
@@ -78,7 +78,7 @@ pub enum Op {
 enum Outcome {
     Created { id: ImageId, reply: Reply<ImageId> },
     Ensured { id: ImageId, created: bool, reply: Reply<bool> },
-    Applied { id: ImageId, text: String, kind: &'static str, pixels: u64, reply: Reply<()> },
+    Applied { id: ImageId, generation: u64, version: u64, command: Command, pixels: u64, reply: Reply<()> },
     Deleted { id: ImageId, reply: Reply<()> },
     Pinged { reply: Reply<()> },
     Refused { reply: Box<dyn FnOnce(ServiceError) + Send>, error: ServiceError },
@@ -88,25 +88,50 @@ pub struct Writer {
     store: Box<dyn Store>,
     db: Describe,
     tracer: BoxedTracer,
+    /// For an embedded store, every image (the truth); for a shared one, a cache whose touched
+    /// rows are re-read under lock at the start of each batch.
     images: HashMap<ImageId, StoredImage>,
+    /// Images in all (for a shared store, as counted under the batch's lock).
+    total: usize,
     counters: Counters,
     live: Arc<Live>,
     limits: Limits,
     rng: fastrand::Rng,
+    /// Random ids picked before locking, this batch (a shared store must lock them too).
+    picked: Vec<ImageId>,
 }
 
 impl Writer {
-    pub fn new(
+    fn new(
         store: Box<dyn Store>,
         images: Vec<StoredImage>,
         counters: Counters,
         live: Arc<Live>,
         limits: Limits,
     ) -> Self {
-        let images = images.into_iter().map(|img| (img.id.clone(), img)).collect();
+        let images: HashMap<_, _> = images.into_iter().map(|img| (img.id.clone(), img)).collect();
         let db = store.describe();
         let tracer = global::tracer("draw64");
-        Self { store, db, tracer, images, counters, live, limits, rng: fastrand::Rng::new() }
+        let total = images.len();
+        Self { store, db, tracer, images, total, counters, live, limits, rng: fastrand::Rng::new(), picked: Vec::new() }
+    }
+
+    /// Loads every image from the store (after its migrations) and makes them live.
+    pub fn load(
+        mut store: Box<dyn Store>,
+        live: Arc<Live>,
+        limits: Limits,
+    ) -> Result<Self, crate::store::StoreError> {
+        let snapshot = store.load()?;
+        {
+            let mut map = write(&live.images);
+            for img in &snapshot.images {
+                map.insert(img.id.clone(), Arc::new(LiveImage::new(img.generation, img.canvas.clone(), img.version)));
+            }
+        }
+        live.merge_counters(snapshot.counters);
+        tracing::info!(images = snapshot.images.len(), "images loaded from the store");
+        Ok(Self::new(store, snapshot.images, snapshot.counters, live, limits))
     }
 
     /// Runs until every sender is gone, committing what is queued before returning.
@@ -136,7 +161,17 @@ impl Writer {
     }
 
     fn process(&mut self, jobs: &mut Vec<Job>) {
+        let shared = match self.lock(jobs) {
+            Ok(shared) => shared,
+            Err(e) => {
+                tracing::error!(error = %e, operations = jobs.len(), "cannot lock the batch's rows");
+                let error = ServiceError::Unavailable(e.to_string());
+                jobs.drain(..).for_each(|(op, _)| op.fail(error.clone()));
+                return;
+            }
+        };
         let counters_before = self.counters;
+        let total_before = self.total;
         // The state of each touched image before the batch (None: it did not exist).
         let mut undo: HashMap<ImageId, Option<StoredImage>> = HashMap::new();
         let mut outcomes = Vec::with_capacity(jobs.len());
@@ -145,7 +180,10 @@ impl Writer {
             outcomes.push(self.stage(op, &mut undo));
             contexts.push(cx);
         }
-        if !undo.is_empty() || self.counters != counters_before {
+        self.picked.clear();
+        if undo.is_empty() && self.counters == counters_before {
+            self.store.rollback();
+        } else {
             let writes: Vec<Write<'_>> = undo
                 .keys()
                 .map(|id| match self.images.get(id) {
@@ -153,11 +191,12 @@ impl Writer {
                     None => Write::Delete(id),
                 })
                 .collect();
+            let (changes, notices) = if shared { log(&outcomes, &contexts) } else { Default::default() };
             let operation = if writes.iter().all(|w| matches!(w, Write::Upsert(_))) { "BATCH UPSERT" } else { "BATCH" };
             let mut span = self.db_span(operation, &contexts, writes.len());
             let started = Instant::now();
             self.live.committing.store(true, std::sync::atomic::Ordering::Relaxed);
-            let result = self.store.commit(&writes, self.counters);
+            let result = self.store.commit(&writes, &changes, &notices, self.counters);
             self.live.committing.store(false, std::sync::atomic::Ordering::Relaxed);
             self.record_db(operation, started.elapsed(), result.as_ref().err().map(|_| "commit_failed"));
             metrics().batch_size.record(outcomes.len() as u64, &[]);
@@ -166,6 +205,7 @@ impl Writer {
                 span.set_attribute(KeyValue::new(attr::ERROR_TYPE, "commit_failed"));
             }
             drop(span);
+            drop(changes);
             if let Err(e) = result {
                 tracing::error!(error = %e, operations = outcomes.len(), "commit failed; batch rolled back");
                 for (id, before) in undo {
@@ -175,12 +215,64 @@ impl Writer {
                     };
                 }
                 self.counters = counters_before;
+                self.total = total_before;
                 let error = ServiceError::Unavailable(e.to_string());
                 outcomes.into_iter().for_each(|o| o.fail(error.clone()));
                 return;
             }
         }
-        self.publish(undo.keys(), outcomes, contexts);
+        self.publish(outcomes, contexts);
+    }
+
+    /// For a shared store: opens the batch's transaction, locking and re-reading every image
+    /// the batch names (and the counters when it may create or delete), so that the rules below
+    /// decide on the database's current truth. Answers whether the store is shared.
+    fn lock(&mut self, jobs: &mut [Job]) -> Result<bool, crate::store::StoreError> {
+        let mut global = false;
+        // A random id must be locked like any other: pick it now.
+        for (op, _) in jobs.iter_mut() {
+            if let Op::Create { id: id @ None, .. } = op {
+                if let Some(picked) = self.free_id() {
+                    self.picked.push(picked.clone());
+                    *id = Some(picked);
+                }
+            }
+        }
+        let mut ids: Vec<&ImageId> = Vec::new();
+        for (op, _) in jobs.iter() {
+            match op {
+                Op::Create { id, .. } => {
+                    global = true;
+                    ids.extend(id.as_ref());
+                }
+                Op::Ensure { id, .. } | Op::Delete { id, .. } => {
+                    global = true;
+                    ids.push(id);
+                }
+                Op::Apply { id, .. } => ids.push(id),
+                Op::Ping { .. } | Op::Stop => {}
+            }
+        }
+        if ids.is_empty() && !global {
+            return Ok(false);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let Some(Locked { images, global }) = self.store.lock(&ids, global)? else {
+            return Ok(false);
+        };
+        let ids: Vec<ImageId> = ids.into_iter().cloned().collect();
+        for id in ids {
+            self.images.remove(&id);
+        }
+        for img in images {
+            self.images.insert(img.id.clone(), img);
+        }
+        if let Some((counters, total)) = global {
+            self.counters = counters;
+            self.total = total;
+        }
+        Ok(true)
     }
 
     /// A client span for one commit, when a request in it is traced: parented to the first
@@ -225,6 +317,11 @@ impl Writer {
         match op {
             Op::Create { id, reply } => {
                 let id = match id {
+                    // A random pick taken since (rare): pick again.
+                    Some(id) if self.images.contains_key(&id) && self.picked.contains(&id) => match self.free_id() {
+                        Some(id) => id,
+                        None => return refuse(reply, ServiceError::NoFreeId),
+                    },
                     Some(id) if self.images.contains_key(&id) => return refuse(reply, ServiceError::AlreadyExists),
                     Some(id) => id,
                     None => match self.free_id() {
@@ -232,7 +329,7 @@ impl Writer {
                         None => return refuse(reply, ServiceError::NoFreeId),
                     },
                 };
-                if self.images.len() >= self.limits.max_images {
+                if self.total >= self.limits.max_images {
                     return refuse(reply, ServiceError::TooManyImages);
                 }
                 self.insert_new(&id, undo);
@@ -242,7 +339,7 @@ impl Writer {
                 if self.images.contains_key(&id) {
                     return Outcome::Ensured { id, created: false, reply };
                 }
-                if self.images.len() >= self.limits.max_total_images {
+                if self.total >= self.limits.max_total_images {
                     return refuse(reply, ServiceError::TooManyTotal(self.limits.max_total_images));
                 }
                 self.insert_new(&id, undo);
@@ -262,7 +359,8 @@ impl Writer {
                     }
                     Command::ClearCanvas => 0,
                 };
-                Outcome::Applied { text: event::image_updated(&id, &command), kind: command.kind(), pixels, id, reply }
+                let (generation, version) = (img.generation, img.version);
+                Outcome::Applied { id, generation, version, command, pixels, reply }
             }
             Op::Delete { id, reply } => {
                 let Some(img) = self.images.remove(&id) else {
@@ -270,6 +368,7 @@ impl Writer {
                 };
                 undo.entry(id.clone()).or_insert(Some(img));
                 self.counters.images_deleted += 1;
+                self.total -= 1;
                 Outcome::Deleted { id, reply }
             }
             Op::Ping { reply } => Outcome::Pinged { reply },
@@ -279,9 +378,11 @@ impl Writer {
 
     fn insert_new(&mut self, id: &ImageId, undo: &mut HashMap<ImageId, Option<StoredImage>>) {
         undo.entry(id.clone()).or_insert(None);
-        let img = StoredImage { id: id.clone(), canvas: Default::default(), version: 0, updates: 0 };
+        let generation = self.rng.u64(1..i64::MAX as u64);
+        let img = StoredImage { id: id.clone(), generation, canvas: Default::default(), version: 0, updates: 0 };
         self.images.insert(id.clone(), img);
         self.counters.images_created += 1;
+        self.total += 1;
     }
 
     fn free_id(&mut self) -> Option<ImageId> {
@@ -289,66 +390,45 @@ impl Writer {
     }
 
     /// After a successful commit: make the batch visible, in the order it happened.
-    fn publish<'a>(
-        &mut self,
-        touched: impl Iterator<Item = &'a ImageId>,
-        outcomes: Vec<Outcome>,
-        contexts: Vec<Context>,
-    ) {
+    fn publish(&mut self, outcomes: Vec<Outcome>, contexts: Vec<Context>) {
         let committed_at = Instant::now();
-        *lock(&self.live.counters) = self.counters;
-        {
-            let map = read(&self.live.images);
-            for id in touched {
-                if let (Some(img), Some(live)) = (self.images.get(id), map.get(id)) {
-                    write(&live.canvas).clone_from(&img.canvas);
-                    live.updates.store(img.updates, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-        }
+        self.live.merge_counters(self.counters);
         for (outcome, cx) in outcomes.into_iter().zip(contexts) {
             match outcome {
                 Outcome::Created { id, reply } => {
-                    self.make_live(&id);
-                    self.live.announce_image("image_created", &id);
+                    self.make_live(&id, true);
                     let _ = reply.send(Ok(id));
                 }
                 Outcome::Ensured { id, created, reply } => {
-                    if created {
-                        self.make_live(&id);
+                    // Made live here also when another instance created it and the bus has not
+                    // said so yet: blank at version 0, and the catch-up brings it up to date.
+                    // (A WebSocket's creation is announced when its user joins.)
+                    if self.make_live(&id, false) && !created {
+                        self.report_gap(&id);
                     }
                     let _ = reply.send(Ok(created));
                 }
-                Outcome::Applied { id, text, kind, pixels, reply } => {
+                Outcome::Applied { id, generation, version, command, pixels, reply } => {
                     let m = metrics();
-                    m.commands_applied.add(1, &[KeyValue::new("draw64.command.type", kind)]);
+                    m.commands_applied.add(1, &[KeyValue::new("draw64.command.type", command.kind())]);
                     m.pixels_drawn.add(pixels, &[]);
-                    if let Some(live) = read(&self.live.images).get(&id) {
-                        // A fan-out span only when there is someone to fan out to.
-                        let receivers = live.events.receiver_count();
-                        let span = (receivers > 0 && cx.span().span_context().is_sampled()).then(|| {
-                            self.tracer
-                                .span_builder("fan-out")
-                                .with_kind(SpanKind::Producer)
-                                .with_attributes([
-                                    KeyValue::new("draw64.image.id", id.to_string()),
-                                    KeyValue::new("draw64.subscribers", receivers as i64),
-                                ])
-                                .start_with_context(&self.tracer, &cx)
-                        });
-                        let event = Outgoing { text: text.into(), committed_at, kind: "image_updated" };
-                        // No subscriber is fine: the change is stored.
-                        let _ = live.events.send(event);
-                        drop(span);
+                    let live = read(&self.live.images).get(&id).cloned();
+                    match live {
+                        Some(live) if live.generation == generation => {
+                            let text = event::image_updated(&id, &command).into();
+                            let change = Delivery { version, command, text, committed_at, cx };
+                            if live.deliver(&id, change) {
+                                // Another instance's change comes first and is not here yet.
+                                self.report_gap(&id);
+                            }
+                        }
+                        // This instance has not seen the image's creation yet: the bus will.
+                        _ => self.report_gap(&id),
                     }
                     let _ = reply.send(Ok(()));
                 }
                 Outcome::Deleted { id, reply } => {
-                    if let Some(live) = write(&self.live.images).remove(&id) {
-                        let text = event::about_image("image_deleted", &id).into();
-                        let _ = live.events.send(Outgoing { text, committed_at, kind: "image_deleted" });
-                    }
-                    self.live.announce_image("image_deleted", &id);
+                    self.live.remove_image(&id, None);
                     let _ = reply.send(Ok(()));
                 }
                 Outcome::Pinged { reply } => {
@@ -362,16 +442,83 @@ impl Writer {
         }
     }
 
-    fn make_live(&self, id: &ImageId) {
-        // The image may already be gone again later in this batch; its delete removes it then.
-        let canvas = self.images.get(id).map(|img| img.canvas.clone()).unwrap_or_default();
-        let updates = self.images.get(id).map_or(0, |img| img.updates);
-        write(&self.live.images).entry(id.clone()).or_insert_with(|| Arc::new(LiveImage::new(canvas, updates)));
+    fn report_gap(&self, id: &ImageId) {
+        if let Some(gaps) = self.live.gaps.get() {
+            let _ = gaps.send(id.clone());
+        }
     }
+
+    /// A newly created image becomes visible blank at version 0 (its changes in this batch follow
+    /// as deliveries). Answers false if it was already live (the bus was faster).
+    fn make_live(&self, id: &ImageId, announce: bool) -> bool {
+        let Some(generation) = self.images.get(id).map(|img| img.generation) else {
+            // Created and deleted again within this batch: its delete follows.
+            return false;
+        };
+        if !announce {
+            let mut images = write(&self.live.images);
+            if images.get(id).is_some_and(|live| live.generation == generation) {
+                return false;
+            }
+            images.insert(id.clone(), Arc::new(LiveImage::new(generation, Default::default(), 0)));
+            return true;
+        }
+        self.live.add_image(id, generation, Default::default(), 0)
+    }
+}
+
+/// The change log rows and the notices of a batch bound for a shared store.
+fn log<'a>(outcomes: &'a [Outcome], contexts: &[Context]) -> (Vec<Change<'a>>, Vec<Notice>) {
+    let mut changes = Vec::new();
+    let mut notices = Vec::new();
+    let mut latest: HashMap<&ImageId, usize> = HashMap::new();
+    for (outcome, cx) in outcomes.iter().zip(contexts) {
+        match outcome {
+            Outcome::Applied { id, generation, version, command, .. } => {
+                let mut body = String::with_capacity(64);
+                body.push_str(r#"{"command":"#);
+                command.write_json(&mut body);
+                body.push('}');
+                let traceparent = traceparent(cx.span().span_context());
+                changes.push(Change { image: id, generation: *generation, version: *version, command: body, traceparent });
+                let notice = Notice::Updated { image: id.clone(), generation: *generation, version: *version };
+                // One pointer per image and batch: the newest version.
+                match latest.get(id) {
+                    Some(&at) => notices[at] = notice,
+                    None => {
+                        latest.insert(id, notices.len());
+                        notices.push(notice);
+                    }
+                }
+            }
+            Outcome::Created { id, .. } | Outcome::Ensured { id, created: true, .. } => {
+                notices.push(Notice::Created(id.clone()))
+            }
+            Outcome::Deleted { id, .. } => notices.push(Notice::Deleted(id.clone())),
+            _ => {}
+        }
+    }
+    (changes, notices)
+}
+
+/// W3C `traceparent` of a span context, when there is one.
+pub fn traceparent(sc: &SpanContext) -> Option<String> {
+    sc.is_valid().then(|| format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
 }
 
 fn refuse<T: Send + 'static>(reply: Reply<T>, error: ServiceError) -> Outcome {
     Outcome::Refused { reply: Box::new(move |e| drop(reply.send(Err(e)))), error }
+}
+
+impl Op {
+    fn fail(self, error: ServiceError) {
+        match self {
+            Op::Create { reply, .. } => drop(reply.send(Err(error))),
+            Op::Ensure { reply, .. } => drop(reply.send(Err(error))),
+            Op::Apply { reply, .. } | Op::Delete { reply, .. } | Op::Ping { reply } => drop(reply.send(Err(error))),
+            Op::Stop => {}
+        }
+    }
 }
 
 impl Outcome {

@@ -1,12 +1,18 @@
 //! Persistence behind one trait, so the service never knows which database it runs on.
 //!
 //! The store is driven by a single writer thread (see `service::writer`), so its methods are
-//! blocking and take `&mut self`: one connection, one transaction at a time, no pool needed for
-//! the embedded database.
+//! blocking and take `&mut self`: one transaction at a time per instance. An embedded store
+//! (SQLite) is the only writer of its file, so the writer's memory is the truth; a shared store
+//! (PostgreSQL) is written by several instances, so each batch first locks and re-reads the rows
+//! it touches (`lock`) and the writer decides on those.
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
@@ -17,6 +23,8 @@ use crate::domain::{Canvas, ImageId};
 #[derive(Clone, Debug)]
 pub struct StoredImage {
     pub id: ImageId,
+    /// Random per creation: tells a re-created image from its deleted namesake across instances.
+    pub generation: u64,
     pub canvas: Canvas,
     pub version: u64,
     pub updates: u64,
@@ -35,6 +43,36 @@ pub struct Snapshot {
     pub counters: Counters,
 }
 
+/// The rows a shared store locked for one batch, as they are in the database now.
+#[derive(Debug, Default)]
+pub struct Locked {
+    /// The touched images that exist (an absent id does not exist).
+    pub images: Vec<StoredImage>,
+    /// When the batch creates or deletes: the counters and how many images exist in all,
+    /// locked so that limits hold across instances.
+    pub global: Option<(Counters, usize)>,
+}
+
+/// One accepted command, for the change log other instances read (shared stores only).
+#[derive(Debug)]
+pub struct Change<'a> {
+    pub image: &'a ImageId,
+    pub generation: u64,
+    pub version: u64,
+    /// `{"command": ...}`, as a client would send it.
+    pub command: String,
+    /// W3C `traceparent` of the request, so the fan-out on another instance joins its trace.
+    pub traceparent: Option<String>,
+}
+
+/// What a batch tells the other instances (shared stores only), sent with its commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    Updated { image: ImageId, generation: u64, version: u64 },
+    Created(ImageId),
+    Deleted(ImageId),
+}
+
 /// The net effect of one batch on one image.
 pub enum Write<'a> {
     Upsert(&'a StoredImage),
@@ -45,7 +83,7 @@ pub enum Write<'a> {
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(String),
-    #[error("unsupported database URL {0:?}: use sqlite://PATH")]
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST:PORT/DATABASE")]
     UnsupportedUrl(String),
     #[error("stored image {0:?} is corrupt: {1}")]
     Corrupt(String, String),
@@ -64,19 +102,44 @@ pub struct Describe {
 
 pub trait Store: Send + 'static {
     fn describe(&self) -> Describe;
-    /// Everything needed to rebuild the in-memory cache at start.
+    /// Everything needed to rebuild the in-memory cache at start (and migrations before it).
     fn load(&mut self) -> Result<Snapshot, StoreError>;
-    /// Writes one batch atomically: all of it or, on error, none of it.
-    fn commit(&mut self, writes: &[Write<'_>], counters: Counters) -> Result<(), StoreError>;
+    /// Shared stores open the batch's transaction and lock the rows of `ids` (and, when `global`,
+    /// the counters) until `commit` or `rollback`. Embedded stores answer `None`: memory is the truth.
+    fn lock(&mut self, _ids: &[&ImageId], _global: bool) -> Result<Option<Locked>, StoreError> {
+        Ok(None)
+    }
+    /// Writes one batch atomically: all of it or, on error, none of it. `changes` and `notices`
+    /// are empty for embedded stores.
+    fn commit(
+        &mut self,
+        writes: &[Write<'_>],
+        changes: &[Change<'_>],
+        notices: &[Notice],
+        counters: Counters,
+    ) -> Result<(), StoreError>;
+    /// Ends a transaction `lock` opened without writing (the batch changed nothing).
+    fn rollback(&mut self) {}
     /// A cheap round trip proving the database answers (readiness).
     fn ping(&mut self) -> Result<(), StoreError>;
 }
 
-/// Opens the store a `--database` URL names.
-pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
+/// Opens the store a `--database` URL names. `instance` is this process's `service.instance.id`
+/// (a shared store tags its notices with it).
+pub fn open(url: &str, instance: &str) -> Result<Box<dyn Store>, StoreError> {
     #[cfg(feature = "sqlite")]
     if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        let _ = instance;
         return Ok(Box::new(SqliteStore::open(path)?));
     }
+    #[cfg(feature = "postgres")]
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Box::new(PostgresStore::open(url, instance)?));
+    }
     Err(StoreError::UnsupportedUrl(url.to_owned()))
+}
+
+/// Whether a URL names a shared store (several instances, a bus between them).
+pub fn is_shared(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }

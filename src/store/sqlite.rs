@@ -4,7 +4,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Counters, Describe, Snapshot, Store, StoreError, StoredImage, Write};
+use super::{Change, Counters, Describe, Notice, Snapshot, Store, StoreError, StoredImage, Write};
 use crate::domain::{Canvas, ImageId};
 
 /// Versioned migrations; `PRAGMA user_version` records how many have run.
@@ -100,6 +100,7 @@ impl Store for SqliteStore {
             images.push(StoredImage {
                 id: ImageId::parse(&id).map_err(|e| corrupt(e.to_string()))?,
                 canvas: Canvas::from_bytes(&pixels).ok_or_else(|| corrupt(format!("{} pixel bytes", pixels.len())))?,
+                generation: 0,
                 version: version as u64,
                 updates: updates as u64,
             });
@@ -114,7 +115,13 @@ impl Store for SqliteStore {
         Ok(Snapshot { images, counters })
     }
 
-    fn commit(&mut self, writes: &[Write<'_>], counters: Counters) -> Result<(), StoreError> {
+    fn commit(
+        &mut self,
+        writes: &[Write<'_>],
+        _changes: &[Change<'_>],
+        _notices: &[Notice],
+        counters: Counters,
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
             let mut upsert = tx.prepare_cached(UPSERT)?;
@@ -160,14 +167,14 @@ mod tests {
         let path = path.to_str().unwrap();
         let mut canvas = Canvas::default();
         canvas.set(1, 1, Color { r: 0, g: 0, b: 0 });
-        let a = StoredImage { id: ImageId::parse("a").unwrap(), canvas, version: 3, updates: 2 };
-        let b = StoredImage { id: ImageId::parse("b").unwrap(), canvas: Canvas::default(), version: 0, updates: 0 };
+        let a = StoredImage { id: ImageId::parse("a").unwrap(), generation: 0, canvas, version: 3, updates: 2 };
+        let b = StoredImage { id: ImageId::parse("b").unwrap(), generation: 0, canvas: Canvas::default(), version: 0, updates: 0 };
         {
             let mut s = SqliteStore::open(path).unwrap();
             let counters = Counters { images_created: 2, images_deleted: 0 };
-            s.commit(&[Write::Upsert(&a), Write::Upsert(&b)], counters).unwrap();
+            s.commit(&[Write::Upsert(&a), Write::Upsert(&b)], &[], &[], counters).unwrap();
             let counters = Counters { images_created: 2, images_deleted: 1 };
-            s.commit(&[Write::Delete(&b.id)], counters).unwrap();
+            s.commit(&[Write::Delete(&b.id)], &[], &[], counters).unwrap();
         }
         let mut s = SqliteStore::open(path).unwrap();
         let snap = s.load().unwrap();

@@ -162,7 +162,7 @@ fn dashboard_exprs() -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_and_rules_use_is_in_a_live_scrape() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&db_path(&dir), "127.0.0.1:0", &[]);
+    let server = Server::start(&test_db(&dir), "127.0.0.1:0", &[]);
     let scrape = exercise_and_scrape(&server).await;
     let mut series: BTreeSet<String> = BTreeSet::from(["up".to_owned()]); // Prometheus adds it per target
     for line in scrape.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
@@ -189,7 +189,7 @@ async fn a_real_prometheus_scrapes_draw64_and_evaluates_the_rules() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&db_path(&dir), "127.0.0.1:0", &[]);
+    let server = Server::start(&test_db(&dir), "127.0.0.1:0", &[]);
     let target = server.metrics.unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let config = dir.path().join("prometheus.yml");

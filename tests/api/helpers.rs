@@ -4,7 +4,7 @@
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -33,8 +33,13 @@ pub async fn spawn_app() -> TestApp {
 /// Starts the app in-process with extra command-line flags.
 pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("draw64.db").display());
-    let mut args = vec!["draw64", "--listen", "127.0.0.1:0", "--database", &db, "--drain-grace", "0"];
+    let db = test_db(&dir);
+    spawn_app_on(&db, flags, dir).await
+}
+
+/// Starts the app in-process on a given database URL (several apps may share one).
+pub async fn spawn_app_on(db: &str, flags: &[&str], dir: tempfile::TempDir) -> TestApp {
+    let mut args = vec!["draw64", "--listen", "127.0.0.1:0", "--database", db, "--drain-grace", "0"];
     args.extend_from_slice(flags);
     let config = Cli::try_parse_from(args).unwrap().into_config();
     let app = App::build(&config, None).await.unwrap();
@@ -199,12 +204,12 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start(db: &Path, listen: &str, extra: &[&str]) -> Server {
+    pub fn start(db: &str, listen: &str, extra: &[&str]) -> Server {
         Self::start_env(db, listen, extra, &[], None)
     }
 
     /// With environment variables, and stdout written to `stdout` when given.
-    pub fn start_env(db: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)], stdout: Option<&Path>) -> Server {
+    pub fn start_env(db: &str, listen: &str, extra: &[&str], env: &[(&str, &str)], stdout: Option<&Path>) -> Server {
         let out = match stdout {
             Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
             None => Stdio::null(),
@@ -216,7 +221,7 @@ impl Server {
                 "--metrics-listen",
                 "127.0.0.1:0",
                 "--database",
-                &format!("sqlite://{}", db.display()),
+                db,
             ])
             .args(extra)
             .env("DRAW64_LOG_FORMAT", "json")
@@ -296,8 +301,14 @@ impl Drop for Server {
     }
 }
 
-pub fn db_path(dir: &tempfile::TempDir) -> PathBuf {
-    dir.path().join("draw64.db")
+/// A fresh database URL: SQLite in `dir`, or a new PostgreSQL database when the suite runs on
+/// PostgreSQL (`DRAW64_TEST_BACKEND=postgres`).
+pub fn test_db(dir: &tempfile::TempDir) -> String {
+    if crate::pg::suite_on_postgres() {
+        let pg = crate::pg::shared().expect("DRAW64_TEST_BACKEND=postgres needs PostgreSQL installed");
+        return pg.create_database();
+    }
+    format!("sqlite://{}", dir.path().join("draw64.db").display())
 }
 
 /// Tests that need a tool CI installs: fail under `CI=true`, skip with a reason elsewhere.

@@ -15,7 +15,7 @@ async fn get(http: &reqwest::Client, url: String) -> (u16, Value) {
 #[tokio::test]
 async fn a_restart_keeps_images_pixels_and_counters() {
     let dir = tempfile::tempdir().unwrap();
-    let db = db_path(&dir);
+    let db = test_db(&dir);
     let http = reqwest::Client::new();
     let server = Server::start(&db, "127.0.0.1:0", &["--drain-grace", "0"]);
     http.post(server.url("/images/keep")).send().await.unwrap();
@@ -41,7 +41,7 @@ async fn a_restart_keeps_images_pixels_and_counters() {
 #[tokio::test]
 async fn kill_9_right_after_acknowledgement_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let db = db_path(&dir);
+    let db = test_db(&dir);
     let http = reqwest::Client::new();
     let server = Server::start(&db, "127.0.0.1:0", &[]);
     http.post(server.url("/images/k")).send().await.unwrap();
@@ -78,7 +78,7 @@ async fn kill_9_right_after_acknowledgement_loses_nothing() {
 #[tokio::test]
 async fn sigterm_drains_then_closes_websockets_1001_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&db_path(&dir), "127.0.0.1:0", &["--drain-grace", "1500ms"]);
+    let server = Server::start(&test_db(&dir), "127.0.0.1:0", &["--drain-grace", "1500ms"]);
     let http = reqwest::Client::new();
     let mut ws = ws_connect(&format!("ws://{}/ws/images/drain", server.addr)).await;
     let mut sse_app_url = server.url("/sse/announce");
@@ -112,7 +112,7 @@ async fn sigterm_drains_then_closes_websockets_1001_and_exits_0() {
 #[tokio::test]
 async fn a_second_signal_exits_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&db_path(&dir), "127.0.0.1:0", &["--drain-grace", "60s"]);
+    let server = Server::start(&test_db(&dir), "127.0.0.1:0", &["--drain-grace", "60s"]);
     server.signal(Signal::SIGTERM);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();

@@ -8,6 +8,7 @@ mod helpers;
 mod lifecycle;
 mod otlp;
 mod parsers;
+mod pg;
 mod rest;
 mod sse;
 mod telemetry;

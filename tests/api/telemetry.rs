@@ -55,7 +55,7 @@ async fn otlp_scenario(protocol: &str) {
     };
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_env(
-        &db_path(&dir),
+        &test_db(&dir),
         "127.0.0.1:0",
         &["--drain-grace", "0"],
         &[
@@ -129,7 +129,7 @@ async fn the_console_exporter_prints_span_names_and_trace_ids() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("stdout.txt");
     let server = Server::start_env(
-        &db_path(&dir),
+        &test_db(&dir),
         "127.0.0.1:0",
         &["--drain-grace", "0"],
         &[("OTEL_TRACES_EXPORTER", "console"), ("OTEL_SERVICE_NAME", "draw64")],
@@ -156,7 +156,7 @@ async fn the_console_exporter_prints_span_names_and_trace_ids() {
 #[tokio::test]
 async fn logs_are_json_lines_with_the_trace_id() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_env(&db_path(&dir), "127.0.0.1:0", &[], &[("DRAW64_LOG", "info,draw64=debug")], None);
+    let server = Server::start_env(&test_db(&dir), "127.0.0.1:0", &[], &[("DRAW64_LOG", "info,draw64=debug")], None);
     put_traced(&reqwest::Client::new(), &server, "logged").await;
     let deadline = Instant::now() + WAIT;
     loop {
@@ -182,7 +182,7 @@ async fn an_unreachable_collector_costs_nothing_but_a_bounded_buffer() {
     let endpoint = format!("http://127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_env(
-        &db_path(&dir),
+        &test_db(&dir),
         "127.0.0.1:0",
         &[],
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_METRICS_EXPORTER", "otlp,prometheus")],
@@ -225,7 +225,7 @@ async fn an_unreachable_collector_costs_nothing_but_a_bounded_buffer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_scrape_has_every_family_and_passes_promtool() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&db_path(&dir), "127.0.0.1:0", &[]);
+    let server = Server::start(&test_db(&dir), "127.0.0.1:0", &[]);
     let scrape = exercise_and_scrape(&server).await;
     for family in required_families() {
         assert!(scrape.lines().any(|l| l.starts_with("# TYPE ") && l[7..].starts_with(&family)), "no {family} family");
