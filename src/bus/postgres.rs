@@ -251,7 +251,8 @@ impl Listener {
             Err(_) => return Ok(()),
         };
         let rows = client.query("SELECT image_id, generation, version FROM images", &[]).await?;
-        let counters = client.query_one("SELECT images_created, images_deleted FROM counters WHERE id = 1", &[]).await?;
+        let counters =
+            client.query_one("SELECT images_created, images_deleted FROM counters WHERE id = 1", &[]).await?;
         self.live.merge_counters(crate::store::Counters {
             images_created: counters.get::<_, i64>(0) as u64,
             images_deleted: counters.get::<_, i64>(1) as u64,
@@ -343,10 +344,10 @@ impl Listener {
                     return Ok(());
                 }
             };
-            let cx = row
-                .get::<_, Option<&str>>(2)
-                .and_then(remote_parent)
-                .map_or_else(opentelemetry::Context::new, |sc| opentelemetry::Context::new().with_remote_span_context(sc));
+            let cx =
+                row.get::<_, Option<&str>>(2).and_then(remote_parent).map_or_else(opentelemetry::Context::new, |sc| {
+                    opentelemetry::Context::new().with_remote_span_context(sc)
+                });
             let text = event::image_updated(id, &command).into();
             img.deliver(id, Delivery { version, command, text, committed_at: received, cx });
         }
@@ -359,9 +360,7 @@ impl Listener {
         id: &ImageId,
         img: &crate::service::LiveImage,
     ) -> Result<(), tokio_postgres::Error> {
-        let row = client
-            .query_opt("SELECT pixels, version FROM images WHERE image_id = $1", &[&id.as_str()])
-            .await?;
+        let row = client.query_opt("SELECT pixels, version FROM images WHERE image_id = $1", &[&id.as_str()]).await?;
         if let Some(row) = row {
             if let Some(canvas) = Canvas::from_bytes(row.get::<_, &[u8]>(0)) {
                 img.reset(canvas, row.get::<_, i64>(1) as u64);
@@ -373,8 +372,9 @@ impl Listener {
     /// The retention rule: the log keeps the last `RETENTION` of changes (instances further
     /// behind reload the stored image instead).
     async fn prune(&self, client: &Client) -> Result<(), tokio_postgres::Error> {
-        let pruned =
-            client.execute(&format!("DELETE FROM changes WHERE committed_at < now() - interval '{RETENTION}'"), &[]).await?;
+        let pruned = client
+            .execute(&format!("DELETE FROM changes WHERE committed_at < now() - interval '{RETENTION}'"), &[])
+            .await?;
         if pruned > 0 {
             tracing::debug!(pruned, "old changes pruned from the log");
         }

@@ -134,7 +134,8 @@ impl LiveImage {
                 .start_with_context(&tracer, &change.cx)
         });
         // No subscriber is fine: the change is stored.
-        let _ = self.events.send(Outgoing { text: change.text, committed_at: change.committed_at, kind: "image_updated" });
+        let _ =
+            self.events.send(Outgoing { text: change.text, committed_at: change.committed_at, kind: "image_updated" });
         drop(span);
     }
 

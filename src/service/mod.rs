@@ -13,9 +13,9 @@ use std::{
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use live::{Announcement, Delivery, EventText, LiveImage, Live, Outgoing, RESYNC, SUBSCRIBER_BACKLOG};
-pub use writer::traceparent;
+pub use live::{Announcement, Delivery, EventText, Live, LiveImage, Outgoing, RESYNC, SUBSCRIBER_BACKLOG};
 use live::{lock, read};
+pub use writer::traceparent;
 use writer::{Job, Op, Writer};
 
 use crate::{

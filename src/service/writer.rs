@@ -117,11 +117,7 @@ impl Writer {
     }
 
     /// Loads every image from the store (after its migrations) and makes them live.
-    pub fn load(
-        mut store: Box<dyn Store>,
-        live: Arc<Live>,
-        limits: Limits,
-    ) -> Result<Self, crate::store::StoreError> {
+    pub fn load(mut store: Box<dyn Store>, live: Arc<Live>, limits: Limits) -> Result<Self, crate::store::StoreError> {
         let snapshot = store.load()?;
         {
             let mut map = write(&live.images);
@@ -480,7 +476,13 @@ fn log<'a>(outcomes: &'a [Outcome], contexts: &[Context]) -> (Vec<Change<'a>>, V
                 command.write_json(&mut body);
                 body.push('}');
                 let traceparent = traceparent(cx.span().span_context());
-                changes.push(Change { image: id, generation: *generation, version: *version, command: body, traceparent });
+                changes.push(Change {
+                    image: id,
+                    generation: *generation,
+                    version: *version,
+                    command: body,
+                    traceparent,
+                });
                 let notice = Notice::Updated { image: id.clone(), generation: *generation, version: *version };
                 // One pointer per image and batch: the newest version.
                 match latest.get(id) {

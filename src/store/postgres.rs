@@ -136,8 +136,7 @@ impl PostgresStore {
     pub fn open(url: &str, instance: &str) -> Result<Self, StoreError> {
         let config = config(url, "draw64")?;
         let namespace = config.get_dbname().unwrap_or("postgres").to_owned();
-        let manager =
-            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .wait_timeout(Some(POOL_TIMEOUT))

@@ -168,7 +168,13 @@ mod tests {
         let mut canvas = Canvas::default();
         canvas.set(1, 1, Color { r: 0, g: 0, b: 0 });
         let a = StoredImage { id: ImageId::parse("a").unwrap(), generation: 0, canvas, version: 3, updates: 2 };
-        let b = StoredImage { id: ImageId::parse("b").unwrap(), generation: 0, canvas: Canvas::default(), version: 0, updates: 0 };
+        let b = StoredImage {
+            id: ImageId::parse("b").unwrap(),
+            generation: 0,
+            canvas: Canvas::default(),
+            version: 0,
+            updates: 0,
+        };
         {
             let mut s = SqliteStore::open(path).unwrap();
             let counters = Counters { images_created: 2, images_deleted: 0 };

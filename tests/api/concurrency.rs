@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-fn replay(events: &[Value]) -> Vec<Vec<[u8; 3]>> {
+pub fn replay(events: &[Value]) -> Vec<Vec<[u8; 3]>> {
     let mut canvas = vec![vec![[255u8; 3]; 64]; 64];
     for ev in events {
         let cmd = &ev["event"]["command"];

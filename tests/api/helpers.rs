@@ -215,14 +215,7 @@ impl Server {
             None => Stdio::null(),
         };
         let mut child = Command::new(env!("CARGO_BIN_EXE_draw64"))
-            .args([
-                "--listen",
-                listen,
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--database",
-                db,
-            ])
+            .args(["--listen", listen, "--metrics-listen", "127.0.0.1:0", "--database", db])
             .args(extra)
             .env("DRAW64_LOG_FORMAT", "json")
             .envs(env.iter().copied())

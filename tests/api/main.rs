@@ -2,6 +2,7 @@
 //! real sockets. Run with `cargo test`.
 
 mod browser;
+mod cluster;
 mod concurrency;
 mod deploy;
 mod helpers;

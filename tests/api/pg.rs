@@ -88,7 +88,8 @@ impl Postgres {
             self.dir.display()
         );
         let log = self.dir.join("server.log");
-        let out = run(&self.bin, "pg_ctl", &["-D", &self.data(), "-l", log.to_str().unwrap(), "-o", &options, "-w", "start"]);
+        let out =
+            run(&self.bin, "pg_ctl", &["-D", &self.data(), "-l", log.to_str().unwrap(), "-o", &options, "-w", "start"]);
         assert!(
             out.status.success(),
             "pg_ctl start failed: {}{}",

@@ -99,10 +99,15 @@ async fn otlp_scenario(protocol: &str) {
                     .find(|s| s.kind == SpanKind::Client as i32 && s.parent_span_id == span.span_id)
                     .expect("a database span under the PUT");
                 assert_eq!(hex(&db.trace_id), TRACE_ID);
-                assert_eq!(string(attr(&db.attributes, "db.system.name")), Some("sqlite"));
+                let (system, placeholder) =
+                    if crate::pg::suite_on_postgres() { ("postgresql", "$1") } else { ("sqlite", "?1") };
+                assert_eq!(string(attr(&db.attributes, "db.system.name")), Some(system));
                 assert_eq!(string(attr(&db.attributes, "db.operation.name")), Some("BATCH UPSERT"));
                 let query = string(attr(&db.attributes, "db.query.text")).unwrap();
-                assert!(query.contains("?1") && !query.contains("traced"), "parameters are never inlined: {query}");
+                assert!(
+                    query.contains(placeholder) && !query.contains("traced"),
+                    "parameters are never inlined: {query}"
+                );
                 assert!(got.services.iter().any(|s| s.contains("draw64-under-test")), "{:?}", got.services);
                 break;
             }
