@@ -46,7 +46,9 @@ pub struct Config {
     #[arg(long, env = "DRAW64_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
 
-    /// Where images are stored: sqlite://PATH (created and migrated on start).
+    /// Where images are stored: sqlite://PATH (embedded, one instance; created and migrated on
+    /// start) or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (shared by any number of
+    /// instances, which then fan changes out to each other with LISTEN/NOTIFY).
     #[arg(long, env = "DRAW64_DATABASE", default_value = "sqlite://draw64.db")]
     pub database: String,
 

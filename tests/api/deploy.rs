@@ -316,3 +316,40 @@ fn compose_collector_and_grafana_agree_with_the_binary() {
     let path = providers["providers"][0]["options"]["path"].as_str().unwrap();
     assert!(mounted.iter().any(|v| v.as_str().unwrap().contains(path)), "dashboards are not mounted at {path}");
 }
+
+#[test]
+fn kubernetes_manifests_pass_kubernetes_validate() {
+    if !require("kubernetes-validate", "validating deploy/kubernetes (pip install kubernetes-validate)") {
+        return;
+    }
+    let out = std::process::Command::new("kubernetes-validate")
+        .args(["--strict", "--no-warn"])
+        .arg(deploy("kubernetes/draw64.yaml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    for kind in ["deployment", "service", "poddisruptionbudget", "horizontalpodautoscaler"] {
+        assert!(text.contains(&format!("passed for resource {kind}/draw64")), "{kind} not validated: {text}");
+    }
+    // The probes use the paths and port the binary serves.
+    let doc = std::fs::read_to_string(deploy("kubernetes/draw64.yaml")).unwrap();
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        assert!(doc.contains(probe), "{probe} missing");
+    }
+    assert!(doc.contains("path: /readyz") && doc.contains("path: /healthz") && doc.contains("containerPort: 9464"));
+}
+
+#[test]
+fn haproxy_configuration_is_valid() {
+    if !require("haproxy", "checking deploy/haproxy.cfg") {
+        return;
+    }
+    let out = std::process::Command::new("haproxy")
+        .args(["-c", "-f"])
+        .arg(deploy("haproxy.cfg"))
+        .env("DRAW64_HAPROXY_ERRORS", deploy("haproxy"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -7,11 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import assert from 'node:assert/strict';
-import { chromium } from 'playwright-core';
+import { OUT, cellColor, hex, launch, ready, step, stroke, waitCell } from './lib.mjs';
 
 const BIN = process.env.DRAW64_BIN;
-const OUT = process.env.OUT_DIR || '.';
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const work = mkdtempSync(join(tmpdir(), 'draw64-browser-'));
 const db = join(work, 'draw64.db');
 
@@ -39,35 +37,10 @@ async function stopServer(server) {
   assert.equal(code, 0, 'server exits 0 on SIGTERM');
 }
 
-const step = (name) => console.log(`browser: ${name}`);
-const hex = (h) => [0, 2, 4].map((i) => parseInt(h.slice(i, i + 2), 16));
-
-async function cellColor(page, x, y) {
-  return page.evaluate(([x, y]) => {
-    const d = document.getElementById('canvas').getContext('2d').getImageData(x * 10 + 5, y * 10 + 5, 1, 1).data;
-    return [d[0], d[1], d[2]];
-  }, [x, y]);
-}
-
-async function waitCell(page, x, y, rgb) {
-  await page.waitForFunction(([x, y, rgb]) => {
-    const d = document.getElementById('canvas').getContext('2d').getImageData(x * 10 + 5, y * 10 + 5, 1, 1).data;
-    return d[0] === rgb[0] && d[1] === rgb[1] && d[2] === rgb[2];
-  }, [x, y, rgb], { timeout: 10000 });
-}
-
-const ready = (page) => page.waitForFunction(
-  () => document.body.dataset.connection === 'open' && document.body.dataset.loadedImage === 'default',
-  null, { timeout: 10000 });
-
 let server = await startServer('127.0.0.1:0');
 const base = `http://${server.addr}`;
 const api = async (path, init) => fetch(base + path, init);
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 let failed = false;
 try {
   const ctx = await browser.newContext({ viewport: { width: 1100, height: 800 } });
@@ -89,14 +62,7 @@ try {
   await a.waitForFunction(() => document.getElementById('user-count').textContent === '2');
 
   step('draw a stroke on A with real pointer events');
-  await a.click('#palette > :nth-child(3)');
-  const box = await a.locator('#canvas').boundingBox();
-  const at = (x, y) => [box.x + x * 10 + 5, box.y + y * 10 + 5];
-  await a.mouse.move(...at(10, 20));
-  await a.mouse.down();
-  await a.mouse.move(...at(11, 20), { steps: 3 });
-  await a.mouse.move(...at(12, 21), { steps: 3 });
-  await a.mouse.up();
+  await stroke(a, 3, [[10, 20], [11, 20], [12, 21]]);
   const red = hex('b13e53');
   for (const [x, y] of [[10, 20], [11, 20], [12, 21]]) {
     await waitCell(b, x, y, red);
