@@ -168,7 +168,7 @@ impl Listener {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut prune = tokio::time::interval(PRUNE_EVERY);
-        let result = loop {
+        loop {
             let step = tokio::select! {
                 notice = notices.recv() => match notice {
                     Some(payload) => self.on_notice(client, &payload).await,
@@ -192,8 +192,7 @@ impl Listener {
             if let Err(e) = step {
                 break lost(e);
             }
-        };
-        result
+        }
     }
 
     async fn say_presence(&self, client: &Client) -> Result<(), tokio_postgres::Error> {

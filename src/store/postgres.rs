@@ -30,7 +30,7 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Changes older than this are pruned from the log (see `prune`).
 pub const RETENTION: &str = "10 minutes";
 /// Key of the advisory lock that serialises migrations between instances starting at once.
-const MIGRATION_LOCK: i64 = 0x64_64_64;
+const MIGRATION_LOCK: i64 = 6_464_064;
 
 /// Versioned migrations, recorded in `schema_migrations`.
 const MIGRATIONS: &[&str] = &["CREATE TABLE images (
@@ -198,26 +198,17 @@ impl PostgresStore {
         notices: Vec<String>,
         counters: Option<Counters>,
     ) -> Result<(), StoreError> {
-        let mut upserts: (Vec<&str>, Vec<i64>, Vec<&[u8]>, Vec<i64>, Vec<i64>) = Default::default();
-        let mut deletes: Vec<&str> = Vec::new();
-        for write in writes {
-            match write {
-                Write::Upsert(img) => {
-                    upserts.0.push(img.id.as_str());
-                    upserts.1.push(img.generation as i64);
-                    upserts.2.push(img.canvas.as_bytes());
-                    upserts.3.push(img.version as i64);
-                    upserts.4.push(img.updates as i64);
-                }
-                Write::Delete(id) => deletes.push(id.as_str()),
-            }
-        }
-        if !deletes.is_empty() {
-            client.execute(DELETE, &[&deletes]).await?;
-            client.execute(DELETE_CHANGES, &[&deletes]).await?;
-        }
-        if !upserts.0.is_empty() {
-            let params: [&(dyn ToSql + Sync); 5] = [&upserts.0, &upserts.1, &upserts.2, &upserts.3, &upserts.4];
+        let upserts: Vec<&StoredImage> =
+            writes.iter().filter_map(|w| if let Write::Upsert(img) = w { Some(*img) } else { None }).collect();
+        let deletes: Vec<&str> =
+            writes.iter().filter_map(|w| if let Write::Delete(id) = w { Some(id.as_str()) } else { None }).collect();
+        if !upserts.is_empty() {
+            let ids: Vec<&str> = upserts.iter().map(|img| img.id.as_str()).collect();
+            let generations: Vec<i64> = upserts.iter().map(|img| img.generation as i64).collect();
+            let pixels: Vec<&[u8]> = upserts.iter().map(|img| img.canvas.as_bytes()).collect();
+            let versions: Vec<i64> = upserts.iter().map(|img| img.version as i64).collect();
+            let updates: Vec<i64> = upserts.iter().map(|img| img.updates as i64).collect();
+            let params: [&(dyn ToSql + Sync); 5] = [&ids, &generations, &pixels, &versions, &updates];
             client.execute(UPSERT, &params).await?;
         }
         if !changes.is_empty() {
@@ -228,6 +219,11 @@ impl PostgresStore {
             let parents: Vec<Option<&str>> = changes.iter().map(|c| c.traceparent.as_deref()).collect();
             let params: [&(dyn ToSql + Sync); 5] = [&images, &generations, &versions, &commands, &parents];
             client.execute(LOG, &params).await?;
+        }
+        // After the log: a change to an image deleted later in this batch goes with it.
+        if !deletes.is_empty() {
+            client.execute(DELETE, &[&deletes]).await?;
+            client.execute(DELETE_CHANGES, &[&deletes]).await?;
         }
         if let Some(c) = counters {
             client.execute(SET_COUNTERS, &[&(c.images_created as i64), &(c.images_deleted as i64)]).await?;

@@ -113,7 +113,7 @@ async fn writers_on_two_instances_give_every_subscriber_one_order() {
     assert_eq!(b.data("shared").await, expected);
 
     // Cross-instance latency: send on one instance, receipt on the other.
-    let sent = sent.lock().unwrap();
+    let sent = sent.lock().unwrap().clone();
     let mut latencies: Vec<Duration> = got_b
         .iter()
         .filter_map(|(v, at)| {
@@ -722,4 +722,45 @@ async fn with_no_instance_ready_haproxy_answers_json_503() {
     assert_eq!(res.headers()["content-type"], "application/json");
     let body: Value = res.json().await.unwrap();
     assert!(body["detail"].as_str().unwrap().contains("No Draw64 instance is ready"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_shows_the_write_on_one_instance_and_the_fan_out_on_the_other() {
+    use crate::{
+        otlp::Receiver,
+        telemetry::{TRACE_ID, hex, put_traced},
+    };
+    let Some(pg) = pg::shared() else { return };
+    let db = pg.create_database();
+    let receiver = Receiver::start().await;
+    let endpoint = format!("http://{}", receiver.grpc);
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_SERVICE_NAME", "draw64-cluster"),
+    ];
+    let a = Server::start_env(&db, "127.0.0.1:0", &["--drain-grace", "0"], &env, None);
+    let b = Server::start_env(&db, "127.0.0.1:0", &["--drain-grace", "0"], &env, None);
+    let http = reqwest::Client::new();
+    assert_eq!(http.post(a.url("/images/traced")).send().await.unwrap().status(), 201);
+    let mut on_b = ws_connect(&format!("ws://{}/ws/images/traced", b.addr)).await;
+    put_traced(&http, &a, "traced").await;
+    next_event(&mut on_b).await;
+
+    let deadline = Instant::now() + WAIT;
+    loop {
+        {
+            let got = receiver.sink.0.lock().unwrap();
+            let put = got.spans.iter().find(|s| s.name == "PUT /images/{image_id}" && hex(&s.trace_id) == TRACE_ID);
+            let fan_out = got.spans.iter().find(|s| s.name == "fan-out" && hex(&s.trace_id) == TRACE_ID);
+            if let (Some(put), Some(fan_out)) = (put, fan_out) {
+                // Only B has a subscriber, so this fan-out ran on B, under A's request span.
+                assert_eq!(fan_out.parent_span_id, put.span_id, "the fan-out on B is a child of the PUT on A");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no fan-out span on B in the PUT's trace");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -36,7 +36,7 @@ fn bin_dir() -> Option<PathBuf> {
 }
 
 /// Runs a PostgreSQL tool, as `postgres` when we are root (the server refuses to run as root).
-fn run(bin: &PathBuf, tool: &str, args: &[&str]) -> std::process::Output {
+fn run(bin: &std::path::Path, tool: &str, args: &[&str]) -> std::process::Output {
     let exe = bin.join(tool);
     let mut cmd = if is_root() {
         let mut c = Command::new("runuser");
@@ -152,6 +152,8 @@ pub fn shared() -> Option<&'static Postgres> {
                 data = pg.data(),
                 dir = pg.dir.display(),
             );
+            // Deliberately not waited for: it must outlive this process to clean up after it.
+            #[allow(clippy::zombie_processes)]
             Command::new("sh").args(["-c", &stop]).stdin(Stdio::null()).stdout(Stdio::null()).spawn().unwrap();
             Some(pg)
         })

@@ -9,10 +9,10 @@ use serde_json::Value;
 
 use crate::{helpers::*, otlp::Receiver};
 
-const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+pub const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
 
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -34,7 +34,7 @@ fn int(v: Option<&Any>) -> Option<i64> {
     }
 }
 
-async fn put_traced(http: &reqwest::Client, server: &Server, image: &str) {
+pub async fn put_traced(http: &reqwest::Client, server: &Server, image: &str) {
     http.post(server.url(&format!("/images/{image}"))).send().await.unwrap();
     let res = http
         .put(server.url(&format!("/images/{image}")))
