@@ -102,19 +102,28 @@ impl LiveImage {
         if change.version <= order.version {
             return !order.early.is_empty();
         }
-        order.early.insert(change.version, change);
         let order = &mut *order;
+        if change.version == order.version + 1 && order.early.is_empty() {
+            // The usual case, and the only one with one instance: no waiting room needed.
+            self.apply(id, order, change);
+            return false;
+        }
+        order.early.insert(change.version, change);
         while let Some(entry) = order.early.first_entry() {
             if *entry.key() != order.version + 1 {
                 break;
             }
             let change = entry.remove();
-            change.command.apply(&mut write(&self.canvas));
-            order.version = change.version;
-            self.updates.store(change.version, Ordering::Relaxed);
-            self.send(id, change);
+            self.apply(id, order, change);
         }
         !order.early.is_empty()
+    }
+
+    fn apply(&self, id: &ImageId, order: &mut Order, change: Delivery) {
+        change.command.apply(&mut write(&self.canvas));
+        order.version = change.version;
+        self.updates.store(change.version, Ordering::Relaxed);
+        self.send(id, change);
     }
 
     fn send(&self, id: &ImageId, change: Delivery) {

@@ -224,6 +224,9 @@ impl Writer {
     /// the batch names (and the counters when it may create or delete), so that the rules below
     /// decide on the database's current truth. Answers whether the store is shared.
     fn lock(&mut self, jobs: &mut [Job]) -> Result<bool, crate::store::StoreError> {
+        if !self.store.shared() {
+            return Ok(false);
+        }
         let mut global = false;
         // A random id must be locked like any other: pick it now.
         for (op, _) in jobs.iter_mut() {

@@ -104,6 +104,11 @@ pub trait Store: Send + 'static {
     fn describe(&self) -> Describe;
     /// Everything needed to rebuild the in-memory cache at start (and migrations before it).
     fn load(&mut self) -> Result<Snapshot, StoreError>;
+    /// Whether several instances write this store (then `lock` matters and the writer logs
+    /// changes for the others).
+    fn shared(&self) -> bool {
+        false
+    }
     /// Shared stores open the batch's transaction and lock the rows of `ids` (and, when `global`,
     /// the counters) until `commit` or `rollback`. Embedded stores answer `None`: memory is the truth.
     fn lock(&mut self, _ids: &[&ImageId], _global: bool) -> Result<Option<Locked>, StoreError> {

@@ -269,6 +269,10 @@ impl Store for PostgresStore {
         })
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn lock(&mut self, ids: &[&ImageId], global: bool) -> Result<Option<Locked>, StoreError> {
         self.rollback();
         let pool = self.pool.clone();
