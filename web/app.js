@@ -60,13 +60,23 @@ function applyCommand(command) {
   }
 }
 
+// Changes that arrive while the image loads: the loaded image may predate some of them, so
+// they are applied again on top of it (re-applying a run of changes in order is harmless).
+let arrivedWhileLoading = null;
+
 async function loadImage() {
   const wanted = imageId;
-  const res = await fetch(`/images/${encodeURIComponent(wanted)}/data`);
-  if (!res.ok || wanted !== imageId) return;
-  pixels = await res.json();
-  repaint();
-  document.body.dataset.loadedImage = wanted;
+  arrivedWhileLoading = [];
+  try {
+    const res = await fetch(`/images/${encodeURIComponent(wanted)}/data`);
+    if (!res.ok || wanted !== imageId) return;
+    pixels = await res.json();
+    repaint();
+    for (const command of arrivedWhileLoading) applyCommand(command);
+    document.body.dataset.loadedImage = wanted;
+  } finally {
+    arrivedWhileLoading = null;
+  }
 }
 
 function send(command) {
@@ -91,7 +101,10 @@ function connect() {
   };
   ws.onmessage = (msg) => {
     const { event } = JSON.parse(msg.data);
-    if (event.event_type === 'image_updated' && event.image_id === imageId) applyCommand(event.command);
+    if (event.event_type === 'image_updated' && event.image_id === imageId) {
+      arrivedWhileLoading?.push(event.command);
+      applyCommand(event.command);
+    }
     else if (event.event_type === 'error') setStatus(`Refused: ${event.detail}`);
   };
   ws.onclose = (e) => {

@@ -24,7 +24,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use super::Bus;
 use crate::{
     domain::{Canvas, Command, ImageId, event},
-    service::{Delivery, Live},
+    service::{CatchUp, Delivery, Live},
     store::{
         StoreError,
         postgres::{CHANNEL, RETENTION, config, image_from_row},
@@ -74,9 +74,9 @@ impl Bus for PgBus {
 pub fn start(url: &str, instance: &str, live: Arc<Live>) -> Result<Arc<PgBus>, StoreError> {
     let config = config(url, "draw64-listener")?;
     let state = Arc::new(State { last_error: Mutex::new("connecting".into()), ..Default::default() });
-    let (gaps_tx, gaps) = mpsc::unbounded_channel();
-    let _ = live.gaps.set(gaps_tx);
-    let listener = Listener { config, instance: instance.to_owned(), live, state: state.clone(), gaps };
+    let (catch_up_tx, catch_up) = mpsc::unbounded_channel();
+    let _ = live.catch_up.set(catch_up_tx);
+    let listener = Listener { config, instance: instance.to_owned(), live, state: state.clone(), catch_up };
     tokio::spawn(listener.run());
     Ok(Arc::new(PgBus { state }))
 }
@@ -86,7 +86,7 @@ struct Listener {
     instance: String,
     live: Arc<Live>,
     state: Arc<State>,
-    gaps: mpsc::UnboundedReceiver<ImageId>,
+    catch_up: mpsc::UnboundedReceiver<CatchUp>,
 }
 
 enum End {
@@ -155,10 +155,16 @@ impl Listener {
         if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
             return lost(e);
         }
-        // Everything the gap reports asked for is covered by the full catch-up below.
-        while self.gaps.try_recv().is_ok() {}
+        // Everything asked for so far is covered by the full catch-up below.
+        let mut waiting = Vec::new();
+        while let Ok((_, done)) = self.catch_up.try_recv() {
+            waiting.extend(done);
+        }
         if let Err(e) = self.sweep(client).await {
             return lost(e);
+        }
+        for done in waiting {
+            let _ = done.send(());
         }
         self.state.connected.store(true, Ordering::Relaxed);
         tracing::info!("listening to the other instances");
@@ -174,7 +180,13 @@ impl Listener {
                     Some(payload) => self.on_notice(client, &payload).await,
                     None => break End::Lost("the listener connection ended".into()),
                 },
-                Some(id) = self.gaps.recv() => self.catch_up_id(client, &id).await,
+                Some((id, done)) = self.catch_up.recv() => {
+                    let result = self.catch_up_id(client, &id).await;
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                    result
+                }
                 _ = self.live.presence_changed.notified() => self.say_presence(client).await,
                 _ = tick.tick() => {
                     self.live.expire_remote_users();

@@ -110,7 +110,7 @@ async fn get(app: &AppState, id: ImageId) -> Result<Response, ApiError> {
         (status = 404, description = "No such image", body = Detail),
         (status = 422, description = "Invalid image id", body = Detail)))]
 async fn png(app: &AppState, id: ImageId) -> Result<Response, ApiError> {
-    let canvas = app.service.canvas(&id).ok_or(crate::service::ServiceError::NotFound)?;
+    let canvas = app.service.committed_canvas(&id).await.ok_or(crate::service::ServiceError::NotFound)?;
     Ok(([(header::CONTENT_TYPE, "image/png")], encode_png(&canvas)).into_response())
 }
 
@@ -120,7 +120,7 @@ async fn png(app: &AppState, id: ImageId) -> Result<Response, ApiError> {
         (status = 404, description = "No such image", body = Detail),
         (status = 422, description = "Invalid image id", body = Detail)))]
 pub async fn data(State(app): State<AppState>, ImagePath(id): ImagePath) -> Result<Response, ApiError> {
-    let canvas = app.service.canvas(&id).ok_or(crate::service::ServiceError::NotFound)?;
+    let canvas = app.service.committed_canvas(&id).await.ok_or(crate::service::ServiceError::NotFound)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], canvas.to_json_columns()).into_response())
 }
 

@@ -161,6 +161,9 @@ impl LiveImage {
     }
 }
 
+/// A request to catch an image up, with whom to tell when it is done (if anyone waits).
+pub type CatchUp = (ImageId, Option<tokio::sync::oneshot::Sender<()>>);
+
 /// How long another instance's user count counts without a heartbeat (an instance that died
 /// without saying goodbye drops out of the total after this).
 pub const PRESENCE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
@@ -174,8 +177,9 @@ pub struct Live {
     remote_users: Mutex<HashMap<String, (u64, std::time::Instant)>>,
     /// Wakes the bus when this instance's user count changes.
     pub presence_changed: tokio::sync::Notify,
-    /// Where the writer reports an image with a missing version (set when a bus runs).
-    pub gaps: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<ImageId>>,
+    /// Where to ask the bus (when one runs) to read an image's changes this instance has not
+    /// heard of yet: the writer after seeing a gap, readers wanting the committed state.
+    pub catch_up: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<CatchUp>>,
     /// The writer's database connection is inside a commit (for `db.client.connection.count`).
     pub committing: std::sync::atomic::AtomicBool,
     announce: broadcast::Sender<Announcement>,
@@ -189,7 +193,7 @@ impl Live {
             users: AtomicU64::new(0),
             remote_users: Mutex::default(),
             presence_changed: tokio::sync::Notify::new(),
-            gaps: std::sync::OnceLock::new(),
+            catch_up: std::sync::OnceLock::new(),
             committing: std::sync::atomic::AtomicBool::new(false),
             announce: broadcast::Sender::new(SUBSCRIBER_BACKLOG),
         }

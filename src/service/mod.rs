@@ -13,7 +13,7 @@ use std::{
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use live::{Announcement, Delivery, EventText, Live, LiveImage, Outgoing, RESYNC, SUBSCRIBER_BACKLOG};
+pub use live::{Announcement, CatchUp, Delivery, EventText, Live, LiveImage, Outgoing, RESYNC, SUBSCRIBER_BACKLOG};
 use live::{lock, read};
 pub use writer::traceparent;
 use writer::{Job, Op, Writer};
@@ -154,6 +154,20 @@ impl Service {
         let mut ids: Vec<ImageId> = read(&self.live.images).keys().cloned().collect();
         ids.sort();
         ids
+    }
+
+    /// The image with every change committed before this call, whichever instance made it:
+    /// with several instances, first reads what this one has not heard of yet (bounded wait;
+    /// if the bus is down, what this instance has). A page that subscribes and then loads the
+    /// image through a balancer therefore never loads an older state than its socket continues.
+    pub async fn committed_canvas(&self, id: &ImageId) -> Option<Canvas> {
+        if let Some(catch_up) = self.live.catch_up.get() {
+            let (done, caught_up) = oneshot::channel();
+            if catch_up.send((id.clone(), Some(done))).is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), caught_up).await;
+            }
+        }
+        self.canvas(id)
     }
 
     pub fn canvas(&self, id: &ImageId) -> Option<Canvas> {

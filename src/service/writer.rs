@@ -442,8 +442,8 @@ impl Writer {
     }
 
     fn report_gap(&self, id: &ImageId) {
-        if let Some(gaps) = self.live.gaps.get() {
-            let _ = gaps.send(id.clone());
+        if let Some(catch_up) = self.live.catch_up.get() {
+            let _ = catch_up.send((id.clone(), None));
         }
     }
 
