@@ -1,20 +1,79 @@
-//! The bare baseline for benchmarks: an axum server that parses a PUT's JSON command and
-//! answers `null`, with no storage, no fan-out and no validation beyond the parse. It is the
-//! practical ceiling a Draw64 PUT is measured against.
+//! The bare baseline for benchmarks: an axum server with no storage, no validation beyond a
+//! JSON parse, no telemetry — the practical ceiling Draw64 is measured against.
+//!
+//! - `PUT /images/{id}` parses the JSON command and answers `null`;
+//! - `POST /images/{id}` answers 201 (so load tools can "create" their image);
+//! - `GET /ws/images/{id}` relays every command a socket sends, as Draw64's `image_updated`
+//!   event encoded once, to every socket on that image (a broadcast channel per image).
 //!
 //! Run with `cargo run --release --example baseline -- 127.0.0.1:8001`.
 
-use axum::{Json, Router, body::Bytes, http::StatusCode, routing::put};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{
+        Path, State,
+        ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
+    },
+    http::StatusCode,
+    response::Response,
+    routing::{any, put},
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::broadcast;
+
+type Images = Arc<Mutex<HashMap<String, broadcast::Sender<Utf8Bytes>>>>;
 
 async fn put_image(body: Bytes) -> Result<Json<()>, StatusCode> {
     serde_json::from_slice::<serde_json::Value>(&body).map_err(|_| StatusCode::UNPROCESSABLE_ENTITY)?;
     Ok(Json(()))
 }
 
+async fn create() -> StatusCode {
+    StatusCode::CREATED
+}
+
+async fn ws(Path(id): Path<String>, State(images): State<Images>, upgrade: WebSocketUpgrade) -> Response {
+    let events = {
+        let mut images = images.lock().unwrap_or_else(|e| e.into_inner());
+        images.entry(id.clone()).or_insert_with(|| broadcast::Sender::new(1024)).clone()
+    };
+    upgrade.on_upgrade(move |socket| relay(socket, id, events))
+}
+
+async fn relay(socket: WebSocket, id: String, events: broadcast::Sender<Utf8Bytes>) {
+    let (mut sink, mut stream) = socket.split();
+    let mut receiver = events.subscribe();
+    let forward = tokio::spawn(async move {
+        while let Ok(text) = receiver.recv().await {
+            if sink.send(Message::Text(text)).await.is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(Ok(message)) = stream.next().await {
+        let Message::Text(text) = message else { continue };
+        let Ok(body) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        let event =
+            serde_json::json!({"event": {"event_type": "image_updated", "image_id": id, "command": body["command"]}});
+        let _ = events.send(event.to_string().into());
+    }
+    forward.abort();
+}
+
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
+    draw64::load::raise_fd_limit();
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8001".into());
-    let app = Router::new().route("/images/{image_id}", put(put_image));
+    let app = Router::new()
+        .route("/images/{image_id}", put(put_image).post(create))
+        .route("/ws/images/{image_id}", any(ws))
+        .with_state(Images::default());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     eprintln!("baseline listening on {}", listener.local_addr()?);
     axum::serve(listener, app).await

@@ -29,13 +29,32 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default when no subcommand is given).
     Serve(Config),
+    /// Put load on a running Draw64 (or the bare baseline) and report throughput, latency
+    /// percentiles, delivery and errors.
+    #[command(subcommand)]
+    Load(crate::load::Scenario),
+}
+
+/// What the command line asks for.
+pub enum Action {
+    Serve(Config),
+    Load(crate::load::Scenario),
 }
 
 impl Cli {
-    pub fn into_config(self) -> Config {
+    pub fn into_action(self) -> Action {
         match self.command {
-            Some(Command::Serve(config)) => config,
-            None => self.serve,
+            Some(Command::Serve(config)) => Action::Serve(config),
+            Some(Command::Load(scenario)) => Action::Load(scenario),
+            None => Action::Serve(self.serve),
+        }
+    }
+
+    /// The server's configuration (tests start the server in-process with it).
+    pub fn into_config(self) -> Config {
+        match self.into_action() {
+            Action::Serve(config) => config,
+            Action::Load(_) => panic!("`draw64 load` has no server configuration"),
         }
     }
 }

@@ -1,14 +1,21 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use draw64::{App, config::Cli, lifecycle, telemetry};
+use draw64::{
+    App,
+    config::{Action, Cli},
+    lifecycle, telemetry,
+};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Cli::parse().into_config();
+    let config = match Cli::parse().into_action() {
+        Action::Serve(config) => config,
+        Action::Load(scenario) => return draw64::load::main(scenario).await,
+    };
     let signals = match lifecycle::Signals::install() {
         Ok(signals) => signals,
         Err(e) => {

@@ -1,0 +1,155 @@
+//! `draw64 load`: the project's own load tool, pointed at any Draw64 URL (or the bare baseline).
+//!
+//! Scenarios: `put` (keep-alive connections PUTting one pixel), `fanout` (subscribers on one
+//! image, writers at a fixed open-loop rate, every change carrying a unique pixel so each receipt
+//! is matched to its send instant), `users` (a realistic mix of drawing users, SSE listeners and
+//! image reads), `idle` (open sockets, the server's memory per socket). Every run is bounded in
+//! time and in count; results print as text, or as one JSON line with `--json`.
+
+mod client;
+mod fanout;
+mod idle;
+mod put;
+mod report;
+mod users;
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+pub use report::Report;
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Base URL of the server under load.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    /// How long to run (load phase; a short settling wait may follow).
+    #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
+    pub duration: Duration,
+    /// Print one JSON line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The server's process id (same machine): report its CPU time and resident memory.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Image to use (created if missing).
+    #[arg(long, default_value = "bench")]
+    pub image: String,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Scenario {
+    /// N keep-alive connections, each PUTting one pixel as fast as answers come.
+    Put {
+        #[command(flatten)]
+        common: Common,
+        /// Keep-alive connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Stop after this many requests in all (default: 100,000 per second of --duration).
+        #[arg(long)]
+        requests: Option<u64>,
+    },
+    /// S WebSocket subscribers on one image and W writers sending changes at a fixed total rate.
+    Fanout {
+        #[command(flatten)]
+        common: Common,
+        /// Subscribers.
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        /// Changes per second, all writers together (open loop: a late writer is reported).
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Writer connections.
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
+        /// Send through these base URLs in turn instead of --url (e.g. other instances of a
+        /// cluster); subscribers stay on --url.
+        #[arg(long, value_delimiter = ',')]
+        write_urls: Vec<String>,
+    },
+    /// U WebSocket users over 10 images drawing strokes, SSE listeners, PNG and data reads.
+    Users {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        /// Print a line of figures every this often (for steady-state runs).
+        #[arg(long, value_parser = crate::config::parse_duration)]
+        every: Option<Duration>,
+    },
+    /// C open WebSockets held idle; with --pid, the server's memory per socket.
+    Idle {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 2000)]
+        connections: usize,
+    },
+}
+
+/// Runs a scenario and prints its report; answers the process exit code.
+pub async fn main(scenario: Scenario) -> std::process::ExitCode {
+    raise_fd_limit();
+    let (common, result) = match &scenario {
+        Scenario::Put { common, connections, requests } => (common, put::run(common, *connections, *requests).await),
+        Scenario::Fanout { common, subscribers, rate, writers, write_urls } => {
+            (common, fanout::run(common, *subscribers, *rate, *writers, write_urls).await)
+        }
+        Scenario::Users { common, users, every } => (common, users::run(common, *users, *every).await),
+        Scenario::Idle { common, connections } => (common, idle::run(common, *connections).await),
+    };
+    match result {
+        Ok(report) => {
+            if common.json {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            } else {
+                print!("{report}");
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("draw64 load: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Many sockets need many descriptors: take the hard limit as the soft one.
+pub fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// A progress bar on a terminal (hidden otherwise), counting seconds of the load phase.
+fn progress(what: &str, duration: Duration) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(duration.as_secs().max(1)),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} s") {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// Ticks the bar once a second until `deadline`.
+fn tick(bar: &indicatif::ProgressBar, deadline: tokio::time::Instant) -> tokio::task::JoinHandle<()> {
+    let bar = bar.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        every.tick().await;
+        while tokio::time::Instant::now() < deadline {
+            every.tick().await;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+    })
+}
