@@ -43,7 +43,8 @@ async fn ws(Path(id): Path<String>, State(images): State<Images>, upgrade: WebSo
         let mut images = images.lock().unwrap_or_else(|e| e.into_inner());
         images.entry(id.clone()).or_insert_with(|| broadcast::Sender::new(1024)).clone()
     };
-    upgrade.on_upgrade(move |socket| relay(socket, id, events))
+    // The same 4 KiB read buffer as Draw64, so memory per socket compares like with like.
+    upgrade.read_buffer_size(4 * 1024).on_upgrade(move |socket| relay(socket, id, events))
 }
 
 async fn relay(socket: WebSocket, id: String, events: broadcast::Sender<Utf8Bytes>) {
@@ -68,7 +69,7 @@ async fn relay(socket: WebSocket, id: String, events: broadcast::Sender<Utf8Byte
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    draw64::load::raise_fd_limit();
+    draw64::lifecycle::raise_fd_limit();
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8001".into());
     let app = Router::new()
         .route("/images/{image_id}", put(put_image).post(create))

@@ -16,6 +16,7 @@ async fn main() -> ExitCode {
         Action::Serve(config) => config,
         Action::Load(scenario) => return draw64::load::main(scenario).await,
     };
+    lifecycle::raise_fd_limit();
     let signals = match lifecycle::Signals::install() {
         Ok(signals) => signals,
         Err(e) => {

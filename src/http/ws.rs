@@ -3,7 +3,11 @@
 //! A client that falls `SUBSCRIBER_BACKLOG` events behind is closed with 1013 (try again later)
 //! rather than buffered without bound; the page then reconnects and reloads the image.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::VecDeque,
+    pin::Pin,
+    time::{Duration, Instant},
+};
 
 use axum::{
     extract::{
@@ -16,7 +20,7 @@ use axum::{
 };
 use futures_util::{SinkExt, StreamExt, stream::SplitSink};
 use opentelemetry::{KeyValue, trace::TraceContextExt};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -31,6 +35,15 @@ use crate::{
     service::RESYNC,
     telemetry::metrics,
 };
+
+/// Events written to a socket with one flush, at most.
+const SEND_BATCH: usize = 64;
+
+/// Commands one client may have queued before its socket stops being read.
+const MAX_IN_FLIGHT: usize = 256;
+
+/// Initial read buffer of a socket.
+const READ_BUFFER: usize = 4 * 1024;
 
 /// Largest frame or message a client may send (close 1009 beyond).
 const MAX_MESSAGE: usize = 1 << 20;
@@ -64,8 +77,11 @@ pub async fn upgrade(
         Ok(created) => created,
         Err(e) => return ApiError::from(e).into_response(),
     };
+    // Frames here are small (a command is tens of bytes): a 4 KiB read buffer instead of
+    // tungstenite's 128 KiB keeps an idle socket at a few KB (larger messages still grow it).
     ws.max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
+        .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| session(socket, id, created, app))
 }
 
@@ -153,6 +169,9 @@ async fn run(
     let interval = app.ws_ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let mut last_heard = Instant::now();
+    // Commands queued to the writer and not answered yet, oldest first. A client may pipeline
+    // commands: each still commits before its echo, and they keep the order it sent them in.
+    let mut pending: VecDeque<Outcome> = VecDeque::new();
 
     loop {
         tokio::select! {
@@ -167,32 +186,61 @@ async fn run(
                     return End::Lagged;
                 }
                 Ok(event) => {
-                    metrics().fanout_latency.record(event.committed_at.elapsed().as_secs_f64(), &[]);
-                    count_out(event.kind);
-                    if sink.send(Message::Text(event.text)).await.is_err() {
+                    // Every event already waiting goes out with it, in one write.
+                    let mut next = Some(event);
+                    let mut batched = 0;
+                    while let Some(event) = next.take() {
+                        metrics().fanout_latency.record(event.committed_at.elapsed().as_secs_f64(), &[]);
+                        count_out(event.kind);
+                        if sink.feed(Message::Text(event.text)).await.is_err() {
+                            return End::Error;
+                        }
+                        batched += 1;
+                        if batched < SEND_BATCH {
+                            next = match events.try_recv() {
+                                Ok(event) if event.kind != RESYNC => Some(event),
+                                Err(TryRecvError::Lagged(missed)) => {
+                                    let _ = sink.flush().await;
+                                    return lagged(&mut sink, id, missed).await;
+                                }
+                                // A resync (left for `recv` to handle), or nothing waiting.
+                                _ => None,
+                            };
+                        }
+                    }
+                    if sink.flush().await.is_err() {
                         return End::Error;
                     }
                 }
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::info!(image_id = %id, missed, "subscriber lagged; closing it");
-                    metrics().subscriber_lagged.add(1, &[]);
-                    let reason = format!("Fell {missed} events behind; reconnect and reload the image.");
-                    close(&mut sink, CLOSE_TRY_AGAIN_LATER, &reason).await;
-                    return End::Lagged;
-                }
+                Err(RecvError::Lagged(missed)) => return lagged(&mut sink, id, missed).await,
                 Err(RecvError::Closed) => {
                     close(&mut sink, CLOSE_IMAGE_DELETED, "Image deleted.").await;
                     return End::Deleted;
                 }
             },
-            frame = stream.next() => {
+            // The oldest command's outcome (the writer answers in order): refusals go back
+            // to this client only.
+            outcome = async { pending.front_mut().expect("guarded by the condition").as_mut().await }, if !pending.is_empty() => {
+                pending.pop_front();
+                if let Some(detail) = outcome {
+                    count_out("error");
+                    if sink.send(Message::Text(event::error(&detail).into())).await.is_err() {
+                        return End::Error;
+                    }
+                }
+            }
+            // Stops reading while too many of this client's commands are in flight: backpressure.
+            frame = stream.next(), if pending.len() < MAX_IN_FLIGHT => {
                 last_heard = Instant::now();
                 match frame {
                     Some(Ok(Message::Text(text))) => {
-                        if let Some(detail) = handle_command(app, id, session_id, connect, text.as_bytes()).await {
-                            count_out("error");
-                            if sink.send(Message::Text(event::error(&detail).into())).await.is_err() {
-                                return End::Error;
+                        match handle_command(app, id, session_id, connect, text.as_bytes()).await {
+                            Ok(outcome) => pending.push_back(outcome),
+                            Err(detail) => {
+                                count_out("error");
+                                if sink.send(Message::Text(event::error(&detail).into())).await.is_err() {
+                                    return End::Error;
+                                }
                             }
                         }
                     }
@@ -228,15 +276,18 @@ async fn run(
     }
 }
 
-/// Parses and applies one frame, in a span of its own (a new trace, linked to the socket's
-/// connect); `Some(detail)` when it was refused.
+/// The outcome of a queued command: `Some(detail)` when it was refused.
+type Outcome = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
+
+/// Parses one frame and queues it to the writer, in a span of its own (a new trace, linked to
+/// the socket's connect) that lasts until the outcome; `Err(detail)` when refused at once.
 async fn handle_command(
     app: &AppState,
     id: &ImageId,
     session_id: &str,
     connect: &opentelemetry::trace::SpanContext,
     frame: &[u8],
-) -> Option<String> {
+) -> Result<Outcome, String> {
     let span = tracing::info_span!("ws command", otel.name = "ws command", otel.kind = "consumer");
     let _ = span.set_parent(opentelemetry::Context::new());
     span.add_link(connect.clone());
@@ -250,7 +301,7 @@ async fn handle_command(
             let e = ApiError::from(e);
             count_rejection(&e);
             span.set_attribute(attr::ERROR_TYPE, "invalid_command");
-            return Some(e.to_string());
+            return Err(e.to_string());
         }
     };
     count_in(command.kind());
@@ -258,16 +309,32 @@ async fn handle_command(
     if let Command::Draw(pixels) = &command {
         span.set_attribute("draw64.pixel.count", pixels.len() as i64);
     }
-    let applied = app.service.apply(id.clone(), command).instrument(tracing::info_span!(parent: &span, "commit")).await;
-    match applied {
-        Ok(()) => None,
-        Err(e) => {
-            let e = ApiError::from(e);
-            count_rejection(&e);
-            span.set_attribute(attr::ERROR_TYPE, e.status().as_str().to_owned());
-            Some(e.to_string())
+    let commit = tracing::info_span!(parent: &span, "commit");
+    let refused = |e: crate::service::ServiceError, span: &tracing::Span| {
+        let e = ApiError::from(e);
+        count_rejection(&e);
+        span.set_attribute(attr::ERROR_TYPE, e.status().as_str().to_owned());
+        e.to_string()
+    };
+    let queued = app.service.submit(id.clone(), command).instrument(commit.clone()).await;
+    let outcome = match queued {
+        Ok(outcome) => outcome,
+        Err(e) => return Err(refused(e, &span)),
+    };
+    Ok(Box::pin(async move {
+        match outcome.instrument(commit).await {
+            Ok(()) => None,
+            Err(e) => Some(refused(e, &span)),
         }
-    }
+    }))
+}
+
+async fn lagged(sink: &mut Sink, id: &ImageId, missed: u64) -> End {
+    tracing::info!(image_id = %id, missed, "subscriber lagged; closing it");
+    metrics().subscriber_lagged.add(1, &[]);
+    let reason = format!("Fell {missed} events behind; reconnect and reload the image.");
+    close(sink, CLOSE_TRY_AGAIN_LATER, &reason).await;
+    End::Lagged
 }
 
 fn is_too_big(e: axum::Error) -> bool {

@@ -90,7 +90,7 @@ pub enum Scenario {
 
 /// Runs a scenario and prints its report; answers the process exit code.
 pub async fn main(scenario: Scenario) -> std::process::ExitCode {
-    raise_fd_limit();
+    crate::lifecycle::raise_fd_limit();
     let (common, result) = match &scenario {
         Scenario::Put { common, connections, requests } => (common, put::run(common, *connections, *requests).await),
         Scenario::Fanout { common, subscribers, rate, writers, write_urls } => {
@@ -111,18 +111,6 @@ pub async fn main(scenario: Scenario) -> std::process::ExitCode {
         Err(e) => {
             eprintln!("draw64 load: {e}");
             std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-/// Many sockets need many descriptors: take the hard limit as the soft one.
-pub fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
-    unsafe {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
 }

@@ -131,7 +131,20 @@ impl Service {
 
     /// Returns once the change is committed and pushed to the image's subscribers.
     pub async fn apply(&self, id: ImageId, command: Command) -> Result<(), ServiceError> {
-        self.call(|reply| Op::Apply { id, command, reply }).await
+        self.submit(id, command).await?.await
+    }
+
+    /// Queues a change (waiting only for room in the queue) and answers its outcome to await:
+    /// a client can have several in flight, committed in the order it queued them.
+    pub async fn submit(
+        &self,
+        id: ImageId,
+        command: Command,
+    ) -> Result<impl Future<Output = Result<(), ServiceError>> + Send + 'static, ServiceError> {
+        let (reply, outcome) = oneshot::channel();
+        let cx = opentelemetry::Context::current();
+        self.ops.send((Op::Apply { id, command, reply }, cx)).await.map_err(|_| ServiceError::Stopped)?;
+        Ok(async move { outcome.await.map_err(|_| ServiceError::Stopped)? })
     }
 
     pub async fn delete(&self, id: ImageId) -> Result<(), ServiceError> {
