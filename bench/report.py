@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Prints the benchmark suite's table (Draw64 against the baseline, with the targets) from
+bench/results/latest.jsonl, and draws the latency percentiles per scenario as an SVG chart.
+
+Usage: bench/report.py RESULTS.jsonl CHART.svg
+"""
+import json
+import sys
+
+
+def load(path):
+    rows = {}
+    for line in open(path):
+        line = line.strip()
+        if line:
+            r = json.loads(line)
+            rows[(r["row"], r["target"])] = r
+    return rows
+
+
+def lat(r, key):
+    return (r.get("latency") or {}).get(key)
+
+
+def fmt(v, unit=""):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.2f}{unit}"
+    return f"{v:,}{unit}"
+
+
+def main():
+    rows = load(sys.argv[1])
+    chart = sys.argv[2]
+    checks = []
+    print(f"{'scenario':<20} {'target':<15} {'ops/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}  notes")
+    for (name, target), r in rows.items():
+        if name == "steady-rss":
+            continue
+        notes = []
+        d = r.get("delivery")
+        if d:
+            pct = 100.0 * d["received"] / d["expected"] if d["expected"] else 100.0
+            notes.append(f"delivered {pct:.2f}% dup {d['duplicates']} reord {d['reordered']} late {d['late_sends']}")
+        if r.get("bytes_per_socket") is not None:
+            notes.append(f"{r['bytes_per_socket']:.0f} B/socket, served {r['operations']}")
+        if r.get("server"):
+            notes.append(f"server {r['server']['cpu_cores']:.2f} cores")
+        if r.get("errors"):
+            notes.append(f"errors {r['errors']}")
+        print(
+            f"{name:<20} {target:<15} {r['per_second']:>10,.0f} {fmt(lat(r, 'p50_ms')):>8} {fmt(lat(r, 'p90_ms')):>8} "
+            f"{fmt(lat(r, 'p99_ms')):>8} {fmt(lat(r, 'max_ms')):>8}  {'; '.join(notes)}"
+        )
+
+    def pair(name):
+        return rows.get((name, "draw64")), rows.get((name, "baseline"))
+
+    d, b = pair("put")
+    if d and b:
+        ratio = d["per_second"] / b["per_second"]
+        p99 = lat(d, "p99_ms") / lat(b, "p99_ms")
+        checks.append(("1. PUT req/s vs baseline >= 0.60", f"{ratio:.2f}", ratio >= 0.60))
+        checks.append(("1. PUT p99 <= 2x baseline", f"{p99:.2f}x", p99 <= 2.0))
+    for rate in (1000, 5000):
+        d, b = pair(f"fanout-{rate}")
+        if d and b:
+            dd = d["delivery"]
+            whole = dd["received"] == dd["expected"] and dd["duplicates"] == 0 and dd["reordered"] == 0
+            checks.append((f"2. fan-out 100 x {rate}/s: 100% delivered, no dup/reorder",
+                           f"{dd['received']}/{dd['expected']}, dup {dd['duplicates']}, reord {dd['reordered']}", whole))
+            p99 = lat(d, "p99_ms") / lat(b, "p99_ms")
+            checks.append((f"2. fan-out 100 x {rate}/s p99 <= 2x baseline",
+                           f"{lat(d, 'p99_ms'):.2f} vs {lat(b, 'p99_ms'):.2f} ms = {p99:.2f}x", p99 <= 2.0))
+    d = rows.get(("idle-10000", "draw64"))
+    if d:
+        per = d.get("bytes_per_socket")
+        checks.append(("3. memory per idle WebSocket <= 8 KB (10,000 open)", f"{per:.0f} B" if per else "-", bool(per) and per <= 8192))
+        checks.append(("3. 10,000 sockets all served", f"{d['operations']} served", d["operations"] == 10000 and not d["errors"]))
+    d = rows.get(("users-1000", "draw64"))
+    if d:
+        cpu = d.get("server", {}).get("cpu_cores")
+        checks.append(("4. 1,000 users p99 send->receive <= 20 ms",
+                       f"{lat(d, 'p99_ms'):.2f} ms (server {cpu:.2f} cores)" if cpu is not None else f"{lat(d, 'p99_ms'):.2f} ms",
+                       lat(d, "p99_ms") <= 20))
+    d = rows.get(("cluster-fanout-1000", "draw64-cluster"))
+    if d:
+        dd = d["delivery"]
+        ok = dd["received"] == dd["expected"] and dd["reordered"] == 0 and dd["duplicates"] == 0
+        checks.append(("5. cross-instance 1,000/s: 100% in order, p99 <= 50 ms",
+                       f"{dd['received']}/{dd['expected']}, p99 {lat(d, 'p99_ms'):.2f} ms", ok and lat(d, "p99_ms") <= 50))
+    s = rows.get(("steady-rss", "draw64"))
+    if s and len(s["samples"]) >= 2:
+        first, last = s["samples"][0], s["samples"][-1]
+        a, z = int(first["rss"]), int(last["rss"])
+        checks.append(("6. steady state: RSS at 5 min <= RSS at 1 min + 5%",
+                       f"{a / 1e6:.1f} MB at {float(first['t']):.0f} s -> {z / 1e6:.1f} MB at {float(last['t']):.0f} s",
+                       z <= a * 1.05))
+    print()
+    for what, figure, ok in checks:
+        print(f"{'MET ' if ok else 'MISS'}  {what:<58} {figure}")
+    draw(rows, chart)
+    print(f"\nchart: {chart}")
+
+
+def draw(rows, path):
+    """Grouped bars: p50, p90, p99 per scenario, Draw64 beside the baseline (log scale)."""
+    import math
+
+    groups = []
+    for (name, target), r in rows.items():
+        if r.get("latency"):
+            groups.append((f"{name}\n{target}", r["latency"]))
+    width, height, left, bottom, top = 120 * max(len(groups), 1) + 120, 420, 70, 90, 40
+    ymax = max([g[1]["p99_ms"] for g in groups] + [1.0])
+    lo, hi = math.log10(0.1), math.log10(ymax * 2)
+
+    def y(ms):
+        v = math.log10(max(ms, 0.1))
+        return top + (height - top - bottom) * (1 - (v - lo) / (hi - lo))
+
+    colors = {"p50_ms": "#3b5dc9", "p90_ms": "#41a6f6", "p99_ms": "#b13e53"}
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="{left}" y="22" font-size="14">Latency per scenario (ms, log scale) - Draw64 and the bare baseline, one run of bench/suite</text>']
+    for tick in [0.1, 1, 10, 100, 1000, 10000]:
+        if tick <= ymax * 2:
+            out.append(f'<line x1="{left}" x2="{width - 20}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#ddd"/>')
+            out.append(f'<text x="{left - 8}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick:g}</text>')
+    for i, (label, l) in enumerate(groups):
+        x0 = left + 20 + i * 120
+        for j, key in enumerate(["p50_ms", "p90_ms", "p99_ms"]):
+            yy = y(l[key])
+            out.append(f'<rect x="{x0 + j * 26}" y="{yy:.1f}" width="22" height="{height - bottom - yy:.1f}" fill="{colors[key]}"/>')
+            out.append(f'<text x="{x0 + j * 26 + 11}" y="{yy - 3:.1f}" text-anchor="middle" font-size="9">{l[key]:.1f}</text>')
+        for k, part in enumerate(label.split("\n")):
+            out.append(f'<text x="{x0 + 37}" y="{height - bottom + 16 + k * 13}" text-anchor="middle">{part}</text>')
+    for j, key in enumerate(["p50_ms", "p90_ms", "p99_ms"]):
+        out.append(f'<rect x="{left + j * 70}" y="{height - 24}" width="12" height="12" fill="{colors[key]}"/>')
+        out.append(f'<text x="{left + j * 70 + 16}" y="{height - 14}">{key[:3]}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()
