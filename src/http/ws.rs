@@ -18,7 +18,10 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use futures_util::{SinkExt, StreamExt, stream::SplitSink};
+use futures_util::{
+    SinkExt, StreamExt,
+    stream::{SplitSink, SplitStream},
+};
 use opentelemetry::{KeyValue, trace::TraceContextExt};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tracing::Instrument;
@@ -82,7 +85,12 @@ pub async fn upgrade(
     ws.max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
         .read_buffer_size(READ_BUFFER)
-        .on_upgrade(move |socket| session(socket, id, created, app))
+        // Split here, not inside the task: the socket then lives once, on the heap, rather
+        // than also in the long-lived task's state.
+        .on_upgrade(move |socket| {
+            let (sink, stream) = socket.split();
+            session(sink, stream, id, created, app)
+        })
 }
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -125,7 +133,7 @@ fn count_in(kind: &'static str) {
         .add(1, &[KeyValue::new("draw64.direction", "in"), KeyValue::new("draw64.message.type", kind)]);
 }
 
-async fn session(socket: WebSocket, id: ImageId, created: bool, app: AppState) {
+async fn session(sink: Sink, stream: SplitStream<WebSocket>, id: ImageId, created: bool, app: AppState) {
     let session_id = format!("{:016x}", fastrand::u64(..));
     let opened = Instant::now();
     // Short spans for the connect and the close; none held open for the socket's lifetime,
@@ -139,7 +147,7 @@ async fn session(socket: WebSocket, id: ImageId, created: bool, app: AppState) {
 
     metrics().ws_connections.add(1, &[]);
     let _presence = app.service.join(&id, created);
-    let end = run(socket, &id, &session_id, &connect_cx, &app).await;
+    let end = run(sink, stream, &id, &session_id, &connect_cx, &app).await;
     metrics().ws_connections.add(-1, &[]);
     metrics().ws_disconnections.add(1, &[KeyValue::new("draw64.close.reason", end.as_str())]);
 
@@ -152,13 +160,13 @@ async fn session(socket: WebSocket, id: ImageId, created: bool, app: AppState) {
 }
 
 async fn run(
-    socket: WebSocket,
+    mut sink: Sink,
+    mut stream: SplitStream<WebSocket>,
     id: &ImageId,
     session_id: &str,
     connect: &opentelemetry::trace::SpanContext,
     app: &AppState,
 ) -> End {
-    let (mut sink, mut stream) = socket.split();
     let Some(mut events) = app.service.subscribe(id) else {
         // Deleted between the handshake and now.
         close(&mut sink, CLOSE_IMAGE_DELETED, "Image deleted.").await;
@@ -234,7 +242,9 @@ async fn run(
                 last_heard = Instant::now();
                 match frame {
                     Some(Ok(Message::Text(text))) => {
-                        match handle_command(app, id, session_id, connect, text.as_bytes()).await {
+                        // Boxed: parsing and queueing is a large future, alive only briefly; an
+                        // idle socket's task stays small without it.
+                        match Box::pin(handle_command(app, id, session_id, connect, text.as_bytes())).await {
                             Ok(outcome) => pending.push_back(outcome),
                             Err(detail) => {
                                 count_out("error");
@@ -329,12 +339,15 @@ async fn handle_command(
     }))
 }
 
-async fn lagged(sink: &mut Sink, id: &ImageId, missed: u64) -> End {
-    tracing::info!(image_id = %id, missed, "subscriber lagged; closing it");
-    metrics().subscriber_lagged.add(1, &[]);
-    let reason = format!("Fell {missed} events behind; reconnect and reload the image.");
-    close(sink, CLOSE_TRY_AGAIN_LATER, &reason).await;
-    End::Lagged
+/// Boxed, like `close`: rare paths kept out of every socket's task.
+fn lagged<'a>(sink: &'a mut Sink, id: &'a ImageId, missed: u64) -> Pin<Box<dyn Future<Output = End> + Send + 'a>> {
+    Box::pin(async move {
+        tracing::info!(image_id = %id, missed, "subscriber lagged; closing it");
+        metrics().subscriber_lagged.add(1, &[]);
+        let reason = format!("Fell {missed} events behind; reconnect and reload the image.");
+        close(sink, CLOSE_TRY_AGAIN_LATER, &reason).await;
+        End::Lagged
+    })
 }
 
 fn is_too_big(e: axum::Error) -> bool {
@@ -342,8 +355,12 @@ fn is_too_big(e: axum::Error) -> bool {
     matches!(e.into_inner().downcast_ref::<Error>(), Some(Error::Capacity(CapacityError::MessageTooLong { .. })))
 }
 
-async fn close(sink: &mut Sink, code: u16, reason: &str) {
+/// Sends a close frame. Boxed: it happens once per socket, and inline its future would make
+/// every idle socket's task larger.
+fn close<'a>(sink: &'a mut Sink, code: u16, reason: &str) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
     let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
-    let _ = sink.send(Message::Close(Some(frame))).await;
-    let _ = sink.close().await;
+    Box::pin(async move {
+        let _ = sink.send(Message::Close(Some(frame))).await;
+        let _ = sink.close().await;
+    })
 }

@@ -7,6 +7,7 @@ mod concurrency;
 mod deploy;
 mod helpers;
 mod lifecycle;
+mod load;
 mod otlp;
 mod parsers;
 mod pg;
