@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use crate::{
     bus,
     config::Config,
-    http::{self, AppState},
+    http::{self, AppState, Shared},
     lifecycle::Lifecycle,
     service::{Limits, Service},
     store::{self, StoreError},
@@ -49,14 +49,14 @@ impl App {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| StartupError::Bind(addr, e))?),
             None => None,
         };
-        let state = AppState {
+        let state = AppState::new(Shared {
             service,
             lifecycle: Arc::new(Lifecycle::default()),
             ws_ping_interval: config.ws_ping_interval,
             instance_id: instance_id.into(),
             bus,
             prometheus: telemetry.and_then(|t| t.prometheus.clone()),
-        };
+        });
         Ok(Self {
             listener,
             metrics_listener,

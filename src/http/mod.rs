@@ -22,8 +22,26 @@ use crate::{lifecycle::Lifecycle, service::Service};
 /// Largest request body accepted (413 beyond).
 pub const MAX_BODY: usize = 1 << 20;
 
+/// What every handler shares. Axum clones the state for each request: behind one `Arc` that
+/// is one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub service: Service,
     pub lifecycle: Arc<Lifecycle>,
     pub ws_ping_interval: Duration,
