@@ -530,6 +530,23 @@ async fn check_acked(tally: &Tally, http: &reqwest::Client, data_of: impl Fn(&st
     acked.len()
 }
 
+/// Every acknowledged change is in what `survivor` serves, and every reader's replica equals
+/// the stored image; answers how many acknowledged changes were checked.
+async fn check_survivor(
+    tally: &Tally,
+    replicas: &[(String, Canvas)],
+    http: &reqwest::Client,
+    survivor: &Server,
+) -> usize {
+    let found = check_acked(tally, http, |image| survivor.url(&format!("/images/{image}/data"))).await;
+    for (image, canvas) in replicas {
+        let stored: Canvas =
+            http.get(survivor.url(&format!("/images/{image}/data"))).send().await.unwrap().json().await.unwrap();
+        assert!(canvas == &stored, "a reader's replica of {image} differs from the stored image");
+    }
+    found
+}
+
 fn require_cluster_tools() -> Option<&'static pg::Postgres> {
     if !require("haproxy", "the HAProxy cluster tests") {
         return None;
@@ -556,12 +573,7 @@ async fn kill_9_of_one_instance_loses_no_acknowledged_change() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let (tally, replicas) = load.finish().await;
 
-    let found = check_acked(&tally, &http, |image| two.url(&format!("/images/{image}/data"))).await;
-    for (image, canvas) in &replicas {
-        let stored: Canvas =
-            http.get(two.url(&format!("/images/{image}/data"))).send().await.unwrap().json().await.unwrap();
-        assert!(canvas == &stored, "a reader's replica of {image} differs from the stored image");
-    }
+    let found = check_survivor(&tally, &replicas, &http, &two).await;
     let failed = tally.http_failed.lock().unwrap().len();
     eprintln!(
         "FIGURES failover (kill -9 of one of two instances under load): {found} changes acknowledged, {found} found \
@@ -599,12 +611,7 @@ async fn a_rolling_release_fails_no_request_and_readers_miss_nothing() {
     }
     let (tally, replicas) = load.finish().await;
     let survivor = servers[0].as_ref().unwrap();
-    let found = check_acked(&tally, &http, |image| survivor.url(&format!("/images/{image}/data"))).await;
-    for (image, canvas) in &replicas {
-        let stored: Canvas =
-            http.get(survivor.url(&format!("/images/{image}/data"))).send().await.unwrap().json().await.unwrap();
-        assert!(canvas == &stored, "a reader's replica of {image} differs from the stored image");
-    }
+    let found = check_survivor(&tally, &replicas, &http, survivor).await;
     let failed = tally.http_failed.lock().unwrap().clone();
     eprintln!(
         "FIGURES rolling release (SIGTERM, restart, one instance at a time): {} HTTP requests, {} failed; \

@@ -3,7 +3,7 @@
 // BASE (the balancer's URL), METRICS (each instance's /metrics URL, comma-separated), OUT_DIR.
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
-import { OUT, hex, launch, ready, step, stroke, waitCell } from './lib.mjs';
+import { OUT, hex, launch, ready, step, stroke, twoPages, waitCell } from './lib.mjs';
 
 const BASE = process.env.BASE;
 const METRICS = process.env.METRICS.split(',');
@@ -21,10 +21,7 @@ async function socketsPerInstance() {
 const browser = await launch();
 let failed = false;
 try {
-  const ctx = await browser.newContext({ viewport: { width: 1100, height: 800 } });
-  const a = await ctx.newPage();
-  const b = await ctx.newPage();
-  for (const p of [a, b]) p.on('pageerror', (e) => { failed = true; console.error('page error:', e); });
+  const [a, b] = await twoPages(browser, () => { failed = true; });
 
   step('two tabs open the balancer\'s page');
   await a.goto(BASE);

@@ -44,3 +44,11 @@ export async function stroke(page, swatch, cells) {
   for (const cell of cells.slice(1)) await page.mouse.move(...at(cell), { steps: 3 });
   await page.mouse.up();
 }
+
+/** Two pages in one browser context; a page error calls `onError`. */
+export async function twoPages(browser, onError) {
+  const ctx = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  const pages = [await ctx.newPage(), await ctx.newPage()];
+  for (const p of pages) p.on('pageerror', (e) => { onError(); console.error('page error:', e); });
+  return pages;
+}

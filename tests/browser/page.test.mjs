@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import assert from 'node:assert/strict';
-import { OUT, cellColor, hex, launch, ready, step, stroke, waitCell } from './lib.mjs';
+import { OUT, cellColor, hex, launch, ready, step, stroke, twoPages, waitCell } from './lib.mjs';
 
 const BIN = process.env.DRAW64_BIN;
 const work = mkdtempSync(join(tmpdir(), 'draw64-browser-'));
@@ -43,10 +43,7 @@ const api = async (path, init) => fetch(base + path, init);
 const browser = await launch();
 let failed = false;
 try {
-  const ctx = await browser.newContext({ viewport: { width: 1100, height: 800 } });
-  const a = await ctx.newPage();
-  const b = await ctx.newPage();
-  for (const p of [a, b]) p.on('pageerror', (e) => { failed = true; console.error('page error:', e); });
+  const [a, b] = await twoPages(browser, () => { failed = true; });
 
   step('page A opens default; the user count shows 1');
   await a.goto(base);
