@@ -63,7 +63,7 @@ pub const METRICS: &[MetricDef] = &[
         instrument: Gauge,
         unit: "{user}",
         attributes: &[],
-        description: "Users connected (open WebSockets on all images), as /statistics reports.",
+        description: "Users connected to every instance (open WebSockets on all images), as /statistics reports; draw64.ws.connections counts this instance's.",
     },
     MetricDef {
         name: "draw64.image.users",
