@@ -771,3 +771,47 @@ async fn a_trace_shows_the_write_on_one_instance_and_the_fan_out_on_the_other() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_starting_together_migrate_once() {
+    let Some(pg) = pg::shared() else { return };
+    let db = pg.create_database();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let [d1, d2, d3] = dirs;
+    let (a, b, c) = tokio::join!(spawn_app_on(&db, &[], d1), spawn_app_on(&db, &[], d2), spawn_app_on(&db, &[], d3));
+    let name = db.rsplit('/').next().unwrap();
+    assert_eq!(pg.psql(name, "SELECT count(*) FROM schema_migrations"), "1");
+    for app in [&a, &b, &c] {
+        assert_eq!(app.get_json("/readyz").await.0, 200);
+    }
+    for app in [a, b, c] {
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_users_of_a_killed_instance_leave_the_total() {
+    let Some(pg) = pg::shared() else { return };
+    let db = pg.create_database();
+    let a = Server::start(&db, "127.0.0.1:0", &["--drain-grace", "0"]);
+    let b = Server::start(&db, "127.0.0.1:0", &["--drain-grace", "0"]);
+    let http = reqwest::Client::new();
+    let _user = ws_connect(&format!("ws://{}/ws/images/img", a.addr)).await;
+    let users = |v: Value| v["user_count"].as_u64().unwrap();
+    let deadline = Instant::now() + WAIT;
+    while users(http.get(b.url("/statistics")).send().await.unwrap().json().await.unwrap()) != 1 {
+        assert!(Instant::now() < deadline, "B never counted A's user");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Killed: no goodbye. B drops A's users once A's heartbeats stop for 10 s.
+    a.signal(nix::sys::signal::Signal::SIGKILL);
+    let killed = Instant::now();
+    loop {
+        if users(http.get(b.url("/statistics")).send().await.unwrap().json().await.unwrap()) == 0 {
+            break;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(20), "A's user is still counted 20 s after A died");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("FIGURES a killed instance's users left the total after {:.1} s", killed.elapsed().as_secs_f64());
+}
