@@ -21,14 +21,14 @@ pub trait Bus: Send + Sync + 'static {
 }
 
 /// Starts the bus a `--database` URL calls for: none for an embedded store.
-pub fn start(
+pub async fn start(
     url: &str,
     instance: &str,
     service: &crate::service::Service,
 ) -> Result<Option<std::sync::Arc<dyn Bus>>, crate::store::StoreError> {
     #[cfg(feature = "postgres")]
     if crate::store::is_shared(url) {
-        return Ok(Some(postgres::start(url, instance, service.live().clone())?));
+        return Ok(Some(postgres::start(url, instance, service.live().clone()).await?));
     }
     let _ = (url, instance, service);
     Ok(None)

@@ -45,7 +45,21 @@ struct State {
     last_error: Mutex<String>,
     stop: Notify,
     stopped: Notify,
+    /// Told when the first connection attempt is over (listening, or failed).
+    first_attempt: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
+
+impl State {
+    fn first_attempt_over(&self) {
+        if let Some(tell) = self.first_attempt.lock().ok().and_then(|mut t| t.take()) {
+            let _ = tell.send(());
+        }
+    }
+}
+
+/// How long startup waits for the first connection, so that an instance is usually ready the
+/// moment it accepts connections (it serves anyway, not ready, if the database is slower).
+const FIRST_ATTEMPT: Duration = Duration::from_secs(5);
 
 pub struct PgBus {
     state: Arc<State>,
@@ -70,14 +84,21 @@ impl Bus for PgBus {
     }
 }
 
-/// Starts the listener task for `url`; the instance's changes reach others through the store.
-pub fn start(url: &str, instance: &str, live: Arc<Live>) -> Result<Arc<PgBus>, StoreError> {
+/// Starts the listener task for `url` and waits (bounded) for its first connection; the
+/// instance's changes reach others through the store.
+pub async fn start(url: &str, instance: &str, live: Arc<Live>) -> Result<Arc<PgBus>, StoreError> {
     let config = config(url, "draw64-listener")?;
-    let state = Arc::new(State { last_error: Mutex::new("connecting".into()), ..Default::default() });
+    let (tell, first) = tokio::sync::oneshot::channel();
+    let state = Arc::new(State {
+        last_error: Mutex::new("connecting".into()),
+        first_attempt: Mutex::new(Some(tell)),
+        ..Default::default()
+    });
     let (catch_up_tx, catch_up) = mpsc::unbounded_channel();
     let _ = live.catch_up.set(catch_up_tx);
     let listener = Listener { config, instance: instance.to_owned(), live, state: state.clone(), catch_up };
     tokio::spawn(listener.run());
+    let _ = tokio::time::timeout(FIRST_ATTEMPT, first).await;
     Ok(Arc::new(PgBus { state }))
 }
 
@@ -105,6 +126,7 @@ impl Listener {
                     return;
                 }
                 End::Lost(why) => {
+                    self.state.first_attempt_over();
                     let was = self.state.connected.swap(false, Ordering::Relaxed);
                     if was {
                         tracing::warn!(error = %why, "lost the listener connection; reconnecting");
@@ -167,6 +189,7 @@ impl Listener {
             let _ = done.send(());
         }
         self.state.connected.store(true, Ordering::Relaxed);
+        self.state.first_attempt_over();
         tracing::info!("listening to the other instances");
         if let Err(e) = self.say_presence(client).await {
             return lost(e);
