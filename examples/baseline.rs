@@ -77,5 +77,9 @@ async fn main() -> std::io::Result<()> {
         .with_state(Images::default());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     eprintln!("baseline listening on {}", listener.local_addr()?);
+    // Like Draw64: no Nagle, so a small write never waits for the previous one's ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app).await
 }

@@ -93,6 +93,11 @@ impl App {
             });
         }
         tracing::info!(address = %listener.local_addr()?, "listening");
+        // No Nagle: a socket's next small write (a WebSocket event, an SSE line) would otherwise
+        // wait for the ACK of the previous one, which the peer may delay by 40 ms.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(lifecycle.closing());
         let mut server = tokio::spawn(server.into_future());
 

@@ -98,7 +98,7 @@ pub const METRICS: &[MetricDef] = &[
         instrument: Histogram,
         unit: "s",
         attributes: &[],
-        description: "From a change's commit to its send on one subscriber's socket.",
+        description: "From a change's commit to its send on one subscriber's socket: one sample per socket write, the oldest event's (the worst of the write).",
     },
     MetricDef {
         name: "draw64.subscriber.lagged",
