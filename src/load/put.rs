@@ -8,7 +8,6 @@ use std::{
     },
 };
 
-use hyper::body::Bytes;
 use tokio::time::Instant;
 
 use super::{
@@ -21,7 +20,7 @@ pub async fn run(common: &Common, connections: usize, requests: Option<u64>) -> 
     ensure_image(&common.url, &common.image).await?;
     let (addr, host) = (resolve(&common.url).await?, authority(&common.url)?);
     let path: Arc<str> = format!("/images/{}", common.image).into();
-    let body = Bytes::from(draw_body(pixel(1)));
+    let body: Arc<[u8]> = draw_body(pixel(1)).into_bytes().into();
     let max = requests.unwrap_or(100_000 * common.duration.as_secs().max(1));
     let issued = Arc::new(AtomicU64::new(0));
     let before = common.pid.and_then(ProcSample::take);
@@ -44,9 +43,9 @@ pub async fn run(common: &Common, connections: usize, requests: Option<u64>) -> 
             };
             while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < max {
                 let sent = std::time::Instant::now();
-                match http.call("PUT", &path, body.clone()).await {
-                    Ok((status, _)) if status == 200 => record(&mut latencies, sent.elapsed()),
-                    Ok((status, _)) => *errors.entry(format!("HTTP {}", status.as_u16())).or_default() += 1,
+                match http.call("PUT", &path, &body).await {
+                    Ok((200, _)) => record(&mut latencies, sent.elapsed()),
+                    Ok((status, _)) => *errors.entry(format!("HTTP {status}")).or_default() += 1,
                     Err(e) => {
                         *errors.entry(e).or_default() += 1;
                         // The connection is gone: open another.
