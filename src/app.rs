@@ -53,7 +53,7 @@ impl App {
             service,
             lifecycle: Arc::new(Lifecycle::default()),
             ws_ping_interval: config.ws_ping_interval,
-            instance_id: instance_id.into(),
+            served_by: axum::http::HeaderValue::from_str(&instance_id).ok(),
             bus,
             prometheus: telemetry.and_then(|t| t.prometheus.clone()),
         });

@@ -13,8 +13,8 @@ pub async fn headers(State(app): State<AppState>, req: Request, next: Next) -> R
     let mut res = next.run(req).await;
     let headers = res.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
-    if let Ok(id) = HeaderValue::from_str(&app.instance_id) {
-        headers.insert("x-served-by", id);
+    if let Some(id) = &app.served_by {
+        headers.insert("x-served-by", id.clone());
     }
     // While draining, each answer closes its connection so the balancer's next request goes
     // to another instance. Not on an upgrade: that would break the WebSocket handshake.

@@ -45,8 +45,9 @@ pub struct Shared {
     pub service: Service,
     pub lifecycle: Arc<Lifecycle>,
     pub ws_ping_interval: Duration,
-    /// `service.instance.id`, sent as `X-Served-By` on every answer.
-    pub instance_id: Arc<str>,
+    /// `service.instance.id`, sent as `X-Served-By` on every answer (encoded once; `None` if
+    /// it cannot be a header value).
+    pub served_by: Option<axum::http::HeaderValue>,
     /// The cross-instance bus, with several instances (for readiness).
     pub bus: Option<Arc<dyn crate::bus::Bus>>,
     /// What `/metrics` encodes, when metrics go to Prometheus.

@@ -18,7 +18,7 @@ use opentelemetry::{
     KeyValue,
     global::{self, BoxedTracer},
     propagation::Extractor,
-    trace::{FutureExt as _, SpanKind, Status, TraceContextExt as _, Tracer as _},
+    trace::{FutureExt as _, Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _},
 };
 use opentelemetry_semantic_conventions::attribute as attr;
 
@@ -118,28 +118,12 @@ pub async fn observe(req: Request, next: Next) -> Response {
     };
     let parent = global::get_text_map_propagator(|p| p.extract(&Headers(req.headers())));
     let protocol = version(&req);
-    let mut attributes = Vec::with_capacity(10);
-    attributes.extend([
-        KeyValue::new(attr::HTTP_REQUEST_METHOD, method),
-        KeyValue::new(attr::URL_PATH, req.uri().path().to_owned()),
-        KeyValue::new(attr::URL_SCHEME, "http"),
-        KeyValue::new(attr::NETWORK_PROTOCOL_VERSION, protocol),
-    ]);
-    if let Some(q) = req.uri().query() {
-        attributes.push(KeyValue::new(attr::URL_QUERY, q.to_owned()));
-    }
-    if let Some(r) = route {
-        attributes.push(KeyValue::new(attr::HTTP_ROUTE, r));
-    }
-    if let Some(agent) = req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()) {
-        attributes.push(KeyValue::new(attr::USER_AGENT_ORIGINAL, agent.to_owned()));
-    }
     let tracer = tracer();
-    let span = tracer
-        .span_builder(name)
-        .with_kind(SpanKind::Server)
-        .with_attributes(attributes)
-        .start_with_context(tracer, &parent);
+    let mut span = tracer.span_builder(name).with_kind(SpanKind::Server).start_with_context(tracer, &parent);
+    // Attributes only for a span that records (no sampler here reads them to decide).
+    if span.is_recording() {
+        span_attributes(&mut span, &req, method, route, protocol);
+    }
     let cx = parent.with_span(span);
     let request_size = req.body().size_hint().exact();
 
@@ -182,6 +166,32 @@ pub async fn observe(req: Request, next: Next) -> Response {
     }
     span.end();
     res
+}
+
+fn span_attributes(
+    span: &mut impl opentelemetry::trace::Span,
+    req: &Request,
+    method: &'static str,
+    route: Option<&'static str>,
+    protocol: &'static str,
+) {
+    let mut attributes = Vec::with_capacity(10);
+    attributes.extend([
+        KeyValue::new(attr::HTTP_REQUEST_METHOD, method),
+        KeyValue::new(attr::URL_PATH, req.uri().path().to_owned()),
+        KeyValue::new(attr::URL_SCHEME, "http"),
+        KeyValue::new(attr::NETWORK_PROTOCOL_VERSION, protocol),
+    ]);
+    if let Some(q) = req.uri().query() {
+        attributes.push(KeyValue::new(attr::URL_QUERY, q.to_owned()));
+    }
+    if let Some(r) = route {
+        attributes.push(KeyValue::new(attr::HTTP_ROUTE, r));
+    }
+    if let Some(agent) = req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+        attributes.push(KeyValue::new(attr::USER_AGENT_ORIGINAL, agent.to_owned()));
+    }
+    span.set_attributes(attributes);
 }
 
 fn version(req: &Request) -> &'static str {

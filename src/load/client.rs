@@ -51,7 +51,13 @@ impl Http {
     pub async fn connect(addr: SocketAddr, host: &str) -> Result<Http, String> {
         let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
         let _ = stream.set_nodelay(true);
-        Ok(Http { stream, host: host.to_owned(), request: Vec::with_capacity(256), read: Vec::with_capacity(4096), closed: false })
+        Ok(Http {
+            stream,
+            host: host.to_owned(),
+            request: Vec::with_capacity(256),
+            read: Vec::with_capacity(4096),
+            closed: false,
+        })
     }
 
     /// Sends a request and reads the whole answer: its status and body.
@@ -271,7 +277,10 @@ mod tests {
         }
         let ok = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 4\r\n\r\nnull";
         assert_eq!(Head::parse(&ok[..20]), Ok(None));
-        assert_eq!(Head::parse(ok), Ok(Some(Head { status: 200, len: ok.len() - 4, framing: Framing::Length(4), close: false })));
+        assert_eq!(
+            Head::parse(ok),
+            Ok(Some(Head { status: 200, len: ok.len() - 4, framing: Framing::Length(4), close: false }))
+        );
         let chunked = b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
         assert_eq!(Head::parse(chunked).unwrap().unwrap().framing, Framing::Chunked);
         assert!(Head::parse(chunked).unwrap().unwrap().close);

@@ -23,6 +23,8 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE images (
 pub struct SqliteStore {
     conn: Connection,
     path: String,
+    /// The counters as stored: a batch that leaves them alone does not rewrite their page.
+    stored: Option<Counters>,
 }
 
 // Macros, so the statements and the `db.query.text` built from them are one text.
@@ -60,7 +62,7 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        let mut store = Self { conn, path: path.to_owned() };
+        let mut store = Self { conn, path: path.to_owned(), stored: None };
         store.migrate()?;
         Ok(store)
     }
@@ -112,6 +114,7 @@ impl Store for SqliteStore {
         };
         let counters =
             Counters { images_created: counter("images_created")?, images_deleted: counter("images_deleted")? };
+        self.stored = Some(counters);
         Ok(Snapshot { images, counters })
     }
 
@@ -141,11 +144,14 @@ impl Store for SqliteStore {
                     }
                 }
             }
-            let mut set = tx.prepare_cached(SET_COUNTER)?;
-            set.execute(params!["images_created", counters.images_created as i64])?;
-            set.execute(params!["images_deleted", counters.images_deleted as i64])?;
+            if self.stored != Some(counters) {
+                let mut set = tx.prepare_cached(SET_COUNTER)?;
+                set.execute(params!["images_created", counters.images_created as i64])?;
+                set.execute(params!["images_deleted", counters.images_deleted as i64])?;
+            }
         }
         tx.commit()?;
+        self.stored = Some(counters);
         Ok(())
     }
 

@@ -93,8 +93,12 @@ pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
     let (resource, instance_id) = resource::build(&settings.service_name);
     global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let mut tracer =
-        SdkTracerProvider::builder().with_resource(resource.clone()).with_sampler(sampler(&settings.sampler));
+    // With nowhere to send spans, none is recorded: a recorded span with no processor is built,
+    // filled and thrown away on every request. Trace ids are still made, for the logs and for
+    // the trace context passed on.
+    let exported = settings.traces.iter().any(|e| !matches!(e, Exporter::Prometheus));
+    let sampler = if exported { sampler(&settings.sampler) } else { SdkSampler::AlwaysOff };
+    let mut tracer = SdkTracerProvider::builder().with_resource(resource.clone()).with_sampler(sampler);
     for exporter in &settings.traces {
         tracer = match exporter {
             Exporter::Console => tracer.with_span_processor(batch_spans(console::ConsoleSpans)),
