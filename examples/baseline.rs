@@ -51,8 +51,16 @@ async fn relay(socket: WebSocket, id: String, events: broadcast::Sender<Utf8Byte
     let (mut sink, mut stream) = socket.split();
     let mut receiver = events.subscribe();
     let forward = tokio::spawn(async move {
+        // Frames already waiting go out together, with one flush: the same batching Draw64 does.
         while let Ok(text) = receiver.recv().await {
-            if sink.send(Message::Text(text)).await.is_err() {
+            let mut next = Some(text);
+            while let Some(text) = next.take() {
+                if sink.feed(Message::Text(text)).await.is_err() {
+                    return;
+                }
+                next = receiver.try_recv().ok();
+            }
+            if sink.flush().await.is_err() {
                 break;
             }
         }

@@ -1,6 +1,11 @@
 //! Embedded SQLite: WAL journal with `synchronous=FULL`, so an acknowledged batch survives a
 //! power loss, not only a process kill. One row per image holds its whole canvas (12 KiB):
 //! a batch rewrites each touched image once, whatever the number of commands in it.
+//!
+//! Checkpoints (copying the WAL back into the database file) run on a thread of their own with
+//! its own connection, never inside a commit: SQLite's automatic checkpoint would otherwise
+//! stall the writer — and every reply and event behind it — for a copy and two fsyncs every
+//! thousand pages.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -25,6 +30,47 @@ pub struct SqliteStore {
     path: String,
     /// The counters as stored: a batch that leaves them alone does not rewrite their page.
     stored: Option<Counters>,
+    _checkpointer: Option<Checkpointer>,
+}
+
+/// How often the checkpointer copies committed pages back into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The checkpoint thread; stopped and joined on drop.
+struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &str) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // FULL: the database file is synced before the WAL may be reused.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("draw64-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+                    // PASSIVE: copies what no reader needs, without waiting for anyone.
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        tracing::warn!(error = %e, "SQLite checkpoint failed; will retry");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Database(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Self { stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 // Macros, so the statements and the `db.query.text` built from them are one text.
@@ -62,8 +108,10 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        let mut store = Self { conn, path: path.to_owned(), stored: None };
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let mut store = Self { conn, path: path.to_owned(), stored: None, _checkpointer: None };
         store.migrate()?;
+        store._checkpointer = Some(Checkpointer::start(path)?);
         Ok(store)
     }
 
