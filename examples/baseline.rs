@@ -4,7 +4,11 @@
 //! - `PUT /images/{id}` parses the JSON command and answers `null`;
 //! - `POST /images/{id}` answers 201 (so load tools can "create" their image);
 //! - `GET /ws/images/{id}` relays every command a socket sends, as Draw64's `image_updated`
-//!   event encoded once, to every socket on that image (a broadcast channel per image).
+//!   event encoded once, to every socket on that image (a broadcast channel per image), frames
+//!   already waiting written with one flush;
+//! - `GET /images/{id}`, `/images/{id}.png` and `/images/{id}/data` answer a fixed 12 KiB body
+//!   (the size of a canvas), and `GET /sse/announce` holds an event stream open without events,
+//!   so the `users` scenario's reads and listeners have something to talk to.
 //!
 //! Run with `cargo run --release --example baseline -- 127.0.0.1:8001`.
 
@@ -20,9 +24,10 @@ use axum::{
         Path, State,
         ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
     },
+    response::sse::{Event, Sse},
     http::StatusCode,
     response::Response,
-    routing::{any, put},
+    routing::{any, get, put},
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::broadcast;
@@ -36,6 +41,15 @@ async fn put_image(body: Bytes) -> Result<Json<()>, StatusCode> {
 
 async fn create() -> StatusCode {
     StatusCode::CREATED
+}
+
+async fn read() -> &'static [u8] {
+    static CANVAS: [u8; 64 * 64 * 3] = [0xff; 64 * 64 * 3];
+    &CANVAS
+}
+
+async fn announce() -> Sse<futures_util::stream::Pending<Result<Event, std::convert::Infallible>>> {
+    Sse::new(futures_util::stream::pending())
 }
 
 async fn ws(Path(id): Path<String>, State(images): State<Images>, upgrade: WebSocketUpgrade) -> Response {
@@ -80,7 +94,9 @@ async fn main() -> std::io::Result<()> {
     draw64::lifecycle::raise_fd_limit();
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8001".into());
     let app = Router::new()
-        .route("/images/{image_id}", put(put_image).post(create))
+        .route("/images/{image_id}", put(put_image).post(create).get(read))
+        .route("/images/{image_id}/data", get(read))
+        .route("/sse/announce", get(announce))
         .route("/ws/images/{image_id}", any(ws))
         .with_state(Images::default());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
