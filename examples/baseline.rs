@@ -24,9 +24,9 @@ use axum::{
         Path, State,
         ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
     },
-    response::sse::{Event, Sse},
     http::StatusCode,
     response::Response,
+    response::sse::{Event, Sse},
     routing::{any, get, put},
 };
 use futures_util::{SinkExt, StreamExt};

@@ -246,6 +246,34 @@ mod tests {
     }
 
     #[test]
+    fn the_checkpointer_copies_commits_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut s = SqliteStore::open(path.to_str().unwrap()).unwrap();
+        let images: Vec<StoredImage> = (0..50)
+            .map(|i| StoredImage {
+                id: ImageId::parse(&format!("i{i}")).unwrap(),
+                generation: 0,
+                canvas: Canvas::default(),
+                version: 1,
+                updates: 1,
+            })
+            .collect();
+        let writes: Vec<Write<'_>> = images.iter().map(Write::Upsert).collect();
+        s.commit(&writes, &[], &[], Counters::default()).unwrap();
+        // In WAL mode only a checkpoint writes the database file, and nothing else here runs one
+        // (the writer's automatic checkpoint is off): 50 canvases of 12 KiB must arrive there.
+        let wanted = 50 * 64 * 64 * 3;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::metadata(&path).unwrap().len() < wanted && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(std::fs::metadata(&path).unwrap().len() >= wanted, "no checkpoint within 10 s");
+        drop(s);
+        assert_eq!(SqliteStore::open(path.to_str().unwrap()).unwrap().load().unwrap().images.len(), 50);
+    }
+
+    #[test]
     fn refuses_a_newer_schema() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
