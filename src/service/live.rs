@@ -33,6 +33,29 @@ pub struct Outgoing {
     pub kind: &'static str,
 }
 
+/// Where an image's events go out: sent into the image's channel by one task on the runtime, in
+/// the order they were handed over. Sending there (rather than on the writer thread) wakes the
+/// subscribers' tasks from inside the runtime, onto a worker's own queue, instead of 100 wake-ups
+/// from a foreign thread each through the runtime's shared queue (fan-out 100 × 1,000/s: p99
+/// 2.34–2.92 ms → 2.30–2.42 ms). Unbounded, but only ever behind by what the writer handed over
+/// since the task last ran: the task never waits on anything.
+pub type FanoutQueue = tokio::sync::mpsc::UnboundedSender<(broadcast::Sender<Outgoing>, Outgoing)>;
+
+/// Starts the fan-out task; events handed to the queue it answers go out in order.
+pub fn start_fanout() -> FanoutQueue {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(broadcast::Sender<Outgoing>, Outgoing)>();
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(64);
+        while rx.recv_many(&mut batch, 64).await > 0 {
+            for (events, event) in batch.drain(..) {
+                // No subscriber is fine: the change is stored.
+                let _ = events.send(event);
+            }
+        }
+    });
+    tx
+}
+
 /// How far a subscriber may fall behind before it is told to resynchronise.
 pub const SUBSCRIBER_BACKLOG: usize = 1024;
 
@@ -75,11 +98,13 @@ pub struct LiveImage {
     pub users: AtomicU64,
     pub events: broadcast::Sender<Outgoing>,
     order: Mutex<Order>,
+    fanout: Option<FanoutQueue>,
 }
 
 impl LiveImage {
-    pub fn new(generation: u64, canvas: Canvas, version: u64) -> Self {
+    pub fn new(generation: u64, canvas: Canvas, version: u64, fanout: Option<FanoutQueue>) -> Self {
         Self {
+            fanout,
             generation,
             canvas: RwLock::new(canvas),
             updates: AtomicU64::new(version),
@@ -142,9 +167,7 @@ impl LiveImage {
                 ])
                 .start_with_context(&tracer, &change.cx)
         });
-        // No subscriber is fine: the change is stored.
-        let _ =
-            self.events.send(Outgoing { text: change.text, committed_at: change.committed_at, kind: "image_updated" });
+        self.emit(Outgoing { text: change.text, committed_at: change.committed_at, kind: "image_updated" });
         drop(span);
     }
 
@@ -157,7 +180,23 @@ impl LiveImage {
         order.early = order.early.split_off(&(version + 1));
         self.updates.store(version, Ordering::Relaxed);
         let text = event::bare(RESYNC).into();
-        let _ = self.events.send(Outgoing { text, committed_at: std::time::Instant::now(), kind: RESYNC });
+        self.emit(Outgoing { text, committed_at: std::time::Instant::now(), kind: RESYNC });
+    }
+
+    /// Sends an event to the image's subscribers: through the fan-out task when there is one,
+    /// so every event of the image keeps one order.
+    fn emit(&self, event: Outgoing) {
+        match &self.fanout {
+            Some(queue) => {
+                if let Err(unsent) = queue.send((self.events.clone(), event)) {
+                    // The runtime is shutting down: send it from here.
+                    let (events, event) = unsent.0;
+                    let _ = events.send(event);
+                }
+            }
+            // No subscriber is fine: the change is stored.
+            None => drop(self.events.send(event)),
+        }
     }
 }
 
@@ -183,6 +222,8 @@ pub struct Live {
     /// The writer's database connection is inside a commit (for `db.client.connection.count`).
     pub committing: std::sync::atomic::AtomicBool,
     announce: broadcast::Sender<Announcement>,
+    /// The fan-out task's queue, once the service started it.
+    pub fanout_queue: std::sync::OnceLock<FanoutQueue>,
 }
 
 impl Live {
@@ -196,7 +237,12 @@ impl Live {
             catch_up: std::sync::OnceLock::new(),
             committing: std::sync::atomic::AtomicBool::new(false),
             announce: broadcast::Sender::new(SUBSCRIBER_BACKLOG),
+            fanout_queue: std::sync::OnceLock::new(),
         }
+    }
+
+    pub fn fanout(&self) -> Option<FanoutQueue> {
+        self.fanout_queue.get().cloned()
     }
 
     pub fn announce(&self, name: &'static str, data: String) {
@@ -220,7 +266,7 @@ impl Live {
             if images.get(id).is_some_and(|live| live.generation == generation) {
                 return false;
             }
-            images.insert(id.clone(), Arc::new(LiveImage::new(generation, canvas, version)))
+            images.insert(id.clone(), Arc::new(LiveImage::new(generation, canvas, version, self.fanout())))
         };
         if let Some(old) = replaced {
             self.deleted(id, &old);
@@ -250,7 +296,7 @@ impl Live {
 
     fn deleted(&self, id: &ImageId, old: &LiveImage) {
         let text = event::about_image("image_deleted", id).into();
-        let _ = old.events.send(Outgoing { text, committed_at: std::time::Instant::now(), kind: "image_deleted" });
+        old.emit(Outgoing { text, committed_at: std::time::Instant::now(), kind: "image_deleted" });
         self.announce_image("image_deleted", id);
     }
 

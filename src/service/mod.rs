@@ -72,6 +72,7 @@ impl Service {
     /// calls happen on that thread), and answers once they are loaded.
     pub async fn start(store: Box<dyn Store>, limits: Limits) -> Result<Self, StoreError> {
         let live = Arc::new(Live::new(Default::default()));
+        let _ = live.fanout_queue.set(live::start_fanout());
         let (ops, queue) = mpsc::channel(QUEUE);
         let (loaded_tx, loaded) = oneshot::channel();
         let writer_live = live.clone();

@@ -122,7 +122,10 @@ impl Writer {
         {
             let mut map = write(&live.images);
             for img in &snapshot.images {
-                map.insert(img.id.clone(), Arc::new(LiveImage::new(img.generation, img.canvas.clone(), img.version)));
+                map.insert(
+                    img.id.clone(),
+                    Arc::new(LiveImage::new(img.generation, img.canvas.clone(), img.version, live.fanout())),
+                );
             }
         }
         live.merge_counters(snapshot.counters);
@@ -459,7 +462,7 @@ impl Writer {
             if images.get(id).is_some_and(|live| live.generation == generation) {
                 return false;
             }
-            images.insert(id.clone(), Arc::new(LiveImage::new(generation, Default::default(), 0)));
+            images.insert(id.clone(), Arc::new(LiveImage::new(generation, Default::default(), 0, self.live.fanout())));
             return true;
         }
         self.live.add_image(id, generation, Default::default(), 0)
