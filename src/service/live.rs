@@ -102,7 +102,7 @@ pub struct LiveImage {
 }
 
 impl LiveImage {
-    pub fn new(generation: u64, canvas: Canvas, version: u64, fanout: Option<FanoutQueue>) -> Self {
+    fn new(generation: u64, canvas: Canvas, version: u64, fanout: Option<FanoutQueue>) -> Self {
         Self {
             fanout,
             generation,
@@ -186,16 +186,14 @@ impl LiveImage {
     /// Sends an event to the image's subscribers: through the fan-out task when there is one,
     /// so every event of the image keeps one order.
     fn emit(&self, event: Outgoing) {
-        match &self.fanout {
-            Some(queue) => {
-                if let Err(unsent) = queue.send((self.events.clone(), event)) {
-                    // The runtime is shutting down: send it from here.
-                    let (events, event) = unsent.0;
-                    let _ = events.send(event);
-                }
-            }
+        let unsent = match &self.fanout {
+            // Handed back only when the runtime is shutting down: then it is sent from here.
+            Some(queue) => queue.send((self.events.clone(), event)).err().map(|e| e.0.1),
+            None => Some(event),
+        };
+        if let Some(event) = unsent {
             // No subscriber is fine: the change is stored.
-            None => drop(self.events.send(event)),
+            let _ = self.events.send(event);
         }
     }
 }
@@ -241,8 +239,9 @@ impl Live {
         }
     }
 
-    pub fn fanout(&self) -> Option<FanoutQueue> {
-        self.fanout_queue.get().cloned()
+    /// A live image wired to the fan-out task (when the service started one).
+    pub fn new_image(&self, generation: u64, canvas: Canvas, version: u64) -> Arc<LiveImage> {
+        Arc::new(LiveImage::new(generation, canvas, version, self.fanout_queue.get().cloned()))
     }
 
     pub fn announce(&self, name: &'static str, data: String) {
@@ -266,7 +265,7 @@ impl Live {
             if images.get(id).is_some_and(|live| live.generation == generation) {
                 return false;
             }
-            images.insert(id.clone(), Arc::new(LiveImage::new(generation, canvas, version, self.fanout())))
+            images.insert(id.clone(), self.new_image(generation, canvas, version))
         };
         if let Some(old) = replaced {
             self.deleted(id, &old);

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Limits, ServiceError,
-    live::{Delivery, Live, LiveImage, read, write},
+    live::{Delivery, Live, read, write},
 };
 use crate::{
     domain::{Command, ImageId, event, random_image_id},
@@ -122,10 +122,7 @@ impl Writer {
         {
             let mut map = write(&live.images);
             for img in &snapshot.images {
-                map.insert(
-                    img.id.clone(),
-                    Arc::new(LiveImage::new(img.generation, img.canvas.clone(), img.version, live.fanout())),
-                );
+                map.insert(img.id.clone(), live.new_image(img.generation, img.canvas.clone(), img.version));
             }
         }
         live.merge_counters(snapshot.counters);
@@ -462,7 +459,7 @@ impl Writer {
             if images.get(id).is_some_and(|live| live.generation == generation) {
                 return false;
             }
-            images.insert(id.clone(), Arc::new(LiveImage::new(generation, Default::default(), 0, self.live.fanout())));
+            images.insert(id.clone(), self.live.new_image(generation, Default::default(), 0));
             return true;
         }
         self.live.add_image(id, generation, Default::default(), 0)
