@@ -361,7 +361,17 @@ impl Listener {
                 )
                 .await?;
             if let Some(stored) = row.as_ref().and_then(|r| image_from_row(r).ok()) {
-                if stored.version > from {
+                // The two reads above are two snapshots: a change committed between them makes
+                // the image newer than an (empty) answer from the log without anything being
+                // pruned. Pruned means the next version is not in the log now either.
+                let next_logged: bool = client
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM changes                          WHERE image_id = $1 AND generation = $2 AND version = $3)",
+                        &[&id.as_str(), &(img.generation as i64), &(from as i64 + 1)],
+                    )
+                    .await?
+                    .get(0);
+                if stored.version > from && !next_logged {
                     tracing::warn!(image = %id, from, to = stored.version, "changes pruned from the log; reloading the image");
                     img.reset(stored.canvas, stored.version);
                 }
