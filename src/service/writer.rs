@@ -148,11 +148,25 @@ impl Writer {
             }
             batch.retain(|job| !matches!(job.0, Op::Stop));
             self.process(&mut batch);
+            self.maintain();
             if stop {
                 tracing::info!("writer stopped; every queued change is committed");
                 return;
             }
             next = queue.blocking_recv();
+        }
+    }
+
+    /// The store's housekeeping, timed like any other database operation.
+    fn maintain(&mut self) {
+        let started = Instant::now();
+        match self.store.maintain() {
+            Ok(None) => {}
+            Ok(Some(operation)) => self.record_db(operation, started.elapsed(), None),
+            Err(e) => {
+                tracing::warn!(error = %e, "database housekeeping failed; will retry");
+                self.record_db("MAINTAIN", started.elapsed(), Some("maintenance_failed"));
+            }
         }
     }
 

@@ -127,6 +127,12 @@ pub trait Store: Send + 'static {
     fn rollback(&mut self) {}
     /// A cheap round trip proving the database answers (readiness).
     fn ping(&mut self) -> Result<(), StoreError>;
+    /// Housekeeping between batches, after their callers were answered (SQLite: copy the WAL
+    /// back into the database file now and then). Answers the operation's name when it did
+    /// something, for the database metrics.
+    fn maintain(&mut self) -> Result<Option<&'static str>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// Opens the store a `--database` URL names. `instance` is this process's `service.instance.id`
