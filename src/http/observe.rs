@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use axum::{
     body::HttpBody,
-    extract::{MatchedPath, Request},
+    extract::{MatchedPath, Request, State},
     http::{HeaderMap, Method, header},
     middleware::Next,
     response::Response,
@@ -22,6 +22,7 @@ use opentelemetry::{
 };
 use opentelemetry_semantic_conventions::attribute as attr;
 
+use super::AppState;
 use crate::telemetry::metrics;
 
 struct Headers<'a>(&'a HeaderMap);
@@ -103,7 +104,7 @@ fn tracer() -> &'static BoxedTracer {
 /// costs several microseconds more per request. Its context is attached while the request is
 /// polled, so everything below (the writer's spans, log lines with their trace ids, the OTLP
 /// log bridge) sees it as the current context.
-pub async fn observe(req: Request, next: Next) -> Response {
+pub async fn observe(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method_at = method_index(req.method());
     let method = METHODS[method_at];
@@ -130,8 +131,10 @@ pub async fn observe(req: Request, next: Next) -> Response {
     let m = metrics();
     let active = [KeyValue::new(attr::HTTP_REQUEST_METHOD, method), KeyValue::new(attr::URL_SCHEME, "http")];
     m.http_active.add(1, &active);
-    let res = next.run(req).with_context(cx.clone()).await;
+    let mut res = next.run(req).with_context(cx.clone()).await;
     m.http_active.add(-1, &active);
+    // One middleware for both: each layer costs every request a boxed future and a clone.
+    super::middleware::stamp(&app, &mut res);
 
     let status = res.status();
     let span = cx.span();
