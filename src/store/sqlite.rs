@@ -195,7 +195,11 @@ impl Store for SqliteStore {
         let (busy, logged, copied): (i64, i64, i64) =
             self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         if busy != 0 || copied < logged {
-            tracing::debug!(logged, copied, "SQLite checkpoint incomplete (a reader holds the log); next one continues");
+            tracing::debug!(
+                logged,
+                copied,
+                "SQLite checkpoint incomplete (a reader holds the log); next one continues"
+            );
         }
         Ok(Some("CHECKPOINT"))
     }
