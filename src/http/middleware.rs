@@ -15,6 +15,8 @@ pub fn stamp(app: &Shared, res: &mut Response) {
     if let Some(id) = &app.served_by {
         headers.insert("x-served-by", id.clone());
     }
+    // While draining, each answer closes its connection so the balancer's next request goes
+    // to another instance. Not on an upgrade: that would break the WebSocket handshake.
     if app.lifecycle.is_draining() && !upgraded {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
