@@ -1,6 +1,6 @@
 //! The load tool's clients: keep-alive HTTP/1.1 connections (requests written whole, answers
-//! parsed with httparse), WebSockets (tokio-tungstenite), and the encoding that makes every
-//! change unique.
+//! parsed with httparse), WebSockets held open by `idle` (tokio-tungstenite; the busy readers of
+//! `fanout` and `users` use `lean_ws`), and the encoding that makes every change unique.
 
 use std::{io::Write as _, net::SocketAddr, time::Duration};
 
@@ -227,10 +227,10 @@ pub fn draw_body(p: [u64; 5]) -> String {
 /// The first pixel of an `image_updated` event, read without a JSON parser (the load tool must
 /// stay cheap: it shares the machine with the server and reads a million events a second). Ids
 /// are `[a-zA-Z0-9-]`, so the first `[[` opens the pixel list.
-pub fn first_pixel(event: &str) -> Option<[u64; 5]> {
+/// The bytes need not be checked as UTF-8 first: only ASCII is read.
+pub fn first_pixel(bytes: &[u8]) -> Option<[u64; 5]> {
     static OPEN: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"[["));
-    let bytes = event.as_bytes();
     let mut at = OPEN.find(bytes)? + 2;
     let mut out = [0u64; 5];
     for (i, slot) in out.iter_mut().enumerate() {
@@ -267,13 +267,13 @@ mod tests {
                 r#"{{"event":{{"event_type":"image_updated","image_id":"x","command":{}}}}}"#,
                 &draw_body(p)[11..draw_body(p).len() - 1]
             );
-            assert_eq!(first_pixel(&event).map(seq_of), Some(seq), "{event}");
+            assert_eq!(first_pixel(event.as_bytes()).map(seq_of), Some(seq), "{event}");
             assert!(p.iter().all(|v| *v < 256));
             let spaced = event.replace(',', ", ");
-            assert_eq!(first_pixel(&spaced).map(seq_of), Some(seq), "{spaced}");
+            assert_eq!(first_pixel(spaced.as_bytes()).map(seq_of), Some(seq), "{spaced}");
         }
         for bad in [r#"{"values":[]}"#, r#"[[1,2,3,4]]"#, r#"[[1,2,3,4,x]]"#, r#"[[1,2,3,4,5"#, "", "[["] {
-            assert_eq!(first_pixel(bad), None, "{bad}");
+            assert_eq!(first_pixel(bad.as_bytes()), None, "{bad}");
         }
         let ok = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 4\r\n\r\nnull";
         assert_eq!(Head::parse(&ok[..20]), Ok(None));

@@ -10,12 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
-
 use super::{
     Common,
-    client::{connect_ws, draw_body, ensure_image, first_pixel, pixel, seq_of, ws_url},
+    client::{authority, draw_body, ensure_image, first_pixel, pixel, resolve, seq_of},
+    lean_ws,
     report::{Delivery, Latency, ProcSample, Report, histogram, record},
 };
 
@@ -43,15 +41,18 @@ pub async fn run(
     }
     ensure_image(&common.url, &common.image).await?;
     let total = (rate * common.duration.as_secs().max(1)).min(1 << 28);
+    let path = format!("/ws/images/{}", common.image);
+    let (addr, host) = (resolve(&common.url).await?, authority(&common.url)?);
     let mut subs = Vec::with_capacity(subscribers);
     for _ in 0..subscribers {
-        subs.push(connect_ws(&ws_url(&common.url, &common.image)).await?);
+        subs.push(lean_ws::connect(addr, &host, &path).await?);
     }
     let urls: Vec<&str> =
         if write_urls.is_empty() { vec![&common.url] } else { write_urls.iter().map(String::as_str).collect() };
     let mut outs = Vec::with_capacity(writers);
     for w in 0..writers {
-        outs.push(connect_ws(&ws_url(urls[w % urls.len()], &common.image)).await?);
+        let url = urls[w % urls.len()];
+        outs.push(lean_ws::connect(resolve(url).await?, &authority(url)?, &path).await?);
     }
     let shared = Arc::new(Shared {
         started: Instant::now(),
@@ -112,14 +113,13 @@ pub async fn run(
 /// Sends changes w, w+W, w+2W… each at its scheduled instant. Answers (late sends, worst
 /// lateness, the error that stopped it).
 async fn send(
-    ws: super::client::Ws,
+    (mut stream, mut sink): (lean_ws::Reader, lean_ws::Writer),
     shared: Arc<Shared>,
     w: u64,
     writers: u64,
     total: u64,
     rate: u64,
 ) -> (u64, Duration, Option<String>) {
-    let (mut sink, mut stream) = ws.split();
     // The writer's socket receives every change too: read and drop them, or it would lag. It
     // hangs up only once its own last change came back: closing with unread data makes the
     // kernel reset the connection, which can take the server's unread frames with it.
@@ -128,13 +128,12 @@ async fn send(
         let mut newest = None;
         loop {
             tokio::select! {
-                frame = stream.next() => match frame {
-                    Some(Ok(Message::Text(text))) => {
-                        if let Some(seq) = first_pixel(&text).map(seq_of).filter(|s| s % writers == w) {
+                frame = stream.next_text() => match frame {
+                    Ok(Some(text)) => {
+                        if let Some(seq) = first_pixel(text).map(seq_of).filter(|s| s % writers == w) {
                             newest = Some(seq);
                         }
                     }
-                    Some(Ok(_)) => {}
                     _ => return,
                 },
                 Ok(()) = last_rx.changed() => {}
@@ -159,7 +158,7 @@ async fn send(
             worst = worst.max(behind);
         }
         shared.sent_at[seq as usize].store((now - shared.started).as_nanos() as u64, Ordering::Relaxed);
-        if let Err(e) = sink.send(Message::text(draw_body(pixel(seq)))).await {
+        if let Err(e) = sink.send_text(draw_body(pixel(seq)).as_bytes()).await {
             shared.sent_at[seq as usize].store(0, Ordering::Relaxed);
             error = Some(format!("writer: {e}"));
             break;
@@ -170,7 +169,7 @@ async fn send(
     }
     let _ = last_tx.send(last);
     let _ = tokio::time::timeout(SETTLE, drain).await;
-    let _ = sink.close().await;
+    sink.close().await;
     (late, worst, error)
 }
 
@@ -182,7 +181,12 @@ struct Received {
     closed: bool,
 }
 
-async fn subscribe(mut ws: super::client::Ws, shared: Arc<Shared>, total: u64, writers: u64) -> Received {
+async fn subscribe(
+    (mut ws, mut out): (lean_ws::Reader, lean_ws::Writer),
+    shared: Arc<Shared>,
+    total: u64,
+    writers: u64,
+) -> Received {
     let mut r = Received { latencies: histogram(), received: 0, duplicates: 0, reordered: 0, closed: false };
     let mut seen = vec![0u64; total.div_ceil(64) as usize];
     let mut last = vec![None::<u64>; writers as usize];
@@ -194,23 +198,16 @@ async fn subscribe(mut ws: super::client::Ws, shared: Arc<Shared>, total: u64, w
                 break;
             }
         }
-        let frame = match tokio::time::timeout(Duration::from_millis(100), ws.next()).await {
+        let text = match tokio::time::timeout(Duration::from_millis(100), ws.next_text()).await {
             Err(_) => continue,
-            Ok(Some(Ok(frame))) => frame,
+            Ok(Ok(Some(text))) => text,
             Ok(_) => {
                 r.closed = true;
                 break;
             }
         };
         let now = Instant::now();
-        let Message::Text(text) = frame else {
-            if matches!(frame, Message::Close(_)) {
-                r.closed = true;
-                break;
-            }
-            continue;
-        };
-        let Some(seq) = first_pixel(&text).map(seq_of).filter(|s| *s < total) else { continue };
+        let Some(seq) = first_pixel(text).map(seq_of).filter(|s| *s < total) else { continue };
         r.received += 1;
         let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
         if seen[word] & bit != 0 {
@@ -229,6 +226,6 @@ async fn subscribe(mut ws: super::client::Ws, shared: Arc<Shared>, total: u64, w
             last[writer] = Some(seq);
         }
     }
-    let _ = ws.close(None).await;
+    out.close().await;
     r
 }

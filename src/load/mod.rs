@@ -9,6 +9,7 @@
 mod client;
 mod fanout;
 mod idle;
+mod lean_ws;
 mod put;
 mod report;
 mod users;

@@ -11,13 +11,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::Message;
 
 use super::{
     Common,
-    client::{Http, authority, connect_ws, ensure_image, first_pixel, resolve, ws_url},
+    client::{Http, authority, ensure_image, first_pixel, resolve},
+    lean_ws,
     report::{Latency, ProcSample, Report, histogram, record},
 };
 
@@ -42,12 +41,12 @@ pub async fn run(common: &Common, users: usize, every: Option<Duration>) -> Resu
     let sent = Arc::new(AtomicU64::new(0));
     let bar = super::progress("users", common.duration);
     let ticker = super::tick(&bar, deadline.into());
+    let (addr, host) = (resolve(&common.url).await?, authority(&common.url)?);
     let mut tasks = Vec::with_capacity(users);
     for u in 0..users {
-        let url = ws_url(&common.url, &images[u % IMAGES]);
-        tasks.push(tokio::spawn(user(url, u as u64, deadline, sent.clone())));
+        let path = format!("/ws/images/{}", images[u % IMAGES]);
+        tasks.push(tokio::spawn(user(addr, host.clone(), path, u as u64, deadline, sent.clone())));
     }
-    let (addr, host) = (resolve(&common.url).await?, authority(&common.url)?);
     let listeners: Vec<_> = (0..users.div_ceil(10)).map(|_| tokio::spawn(sse(addr, host.clone(), deadline))).collect();
     let readers: Vec<_> =
         (0..users.div_ceil(10)).map(|r| tokio::spawn(reads(addr, host.clone(), images.clone(), r, deadline))).collect();
@@ -104,25 +103,25 @@ fn user_pixel(u: u64, n: u64) -> [u64; 5] {
 
 /// One drawing user: strokes on its own schedule, and its own changes timed on their way back.
 async fn user(
-    url: String,
+    addr: std::net::SocketAddr,
+    host: String,
+    path: String,
     u: u64,
     deadline: Instant,
     sent: Arc<AtomicU64>,
 ) -> (hdrhistogram::Histogram<u64>, u64, Option<String>) {
-    let ws = match connect_ws(&url).await {
+    let (mut stream, mut sink) = match lean_ws::connect(addr, &host, &path).await {
         Ok(ws) => ws,
         Err(e) => return (histogram(), 0, Some(e)),
     };
-    let (mut sink, mut stream) = ws.split();
     let clock = Instant::now();
     let ring: Arc<Vec<AtomicU64>> = Arc::new((0..RING).map(|_| AtomicU64::new(0)).collect());
     let seen = ring.clone();
     let reader = tokio::spawn(async move {
         let mut h = histogram();
         let mut got = 0u64;
-        while let Some(Ok(frame)) = stream.next().await {
-            let Message::Text(text) = frame else { continue };
-            let Some(p) = first_pixel(&text) else { continue };
+        while let Ok(Some(text)) = stream.next_text().await {
+            let Some(p) = first_pixel(text) else { continue };
             if p[2] != (u & 0xff) || p[3] != ((u >> 8) & 0xff) {
                 continue;
             }
@@ -149,7 +148,7 @@ async fn user(
             let p = user_pixel(u, n);
             ring[n as usize % RING].store(clock.elapsed().as_nanos() as u64, Ordering::Relaxed);
             let body = super::client::draw_body(p);
-            if let Err(e) = sink.send(Message::text(body)).await {
+            if let Err(e) = sink.send_text(body.as_bytes()).await {
                 error = Some(format!("user: {e}"));
                 break 'strokes;
             }
@@ -160,7 +159,7 @@ async fn user(
     }
     // Let the last echoes arrive, then hang up.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = sink.close().await;
+    sink.close().await;
     let (h, got) = tokio::time::timeout(Duration::from_secs(5), reader)
         .await
         .ok()
