@@ -198,6 +198,13 @@ async fn subscribe(
                 break;
             }
         }
+        // A subscriber only listens: it must answer pings, or the server drops it as silent.
+        if let Some(ping) = ws.take_ping() {
+            if out.pong(&ping).await.is_err() {
+                r.closed = true;
+                break;
+            }
+        }
         let text = match tokio::time::timeout(Duration::from_millis(100), ws.next_text()).await {
             Err(_) => continue,
             Ok(Ok(Some(text))) => text,

@@ -4,8 +4,9 @@
 //! per-message machinery of a general client — a message object, a UTF-8 check, a waker and a
 //! lock per frame, the read buffer zero-filled before every read — which made the load tool
 //! spend as much CPU per event as the server under test. It speaks just what the scenario needs:
-//! unfragmented text frames both ways, pings and pongs skipped (the server only asks that a
-//! client be heard from, and these users send several frames a second), close ends the read.
+//! unfragmented text frames both ways; a ping is kept for the caller to answer with `pong` (a
+//! client that only listens must, or the server drops it as silent after two ping intervals;
+//! one that sends keeps the connection alive anyway); close ends the read.
 
 use std::io::Cursor;
 
@@ -33,6 +34,8 @@ pub struct Reader {
     /// Unread bytes are `buf[start..end]`.
     start: usize,
     end: usize,
+    /// The payload of the last ping not yet answered.
+    ping: Option<Vec<u8>>,
 }
 
 pub struct Writer {
@@ -73,7 +76,10 @@ pub async fn connect(addr: std::net::SocketAddr, host: &str, path: &str) -> Resu
         }
     };
     let (read, write) = stream.into_split();
-    Ok((Reader { half: read, buf, start: head, end }, Writer { half: write, frame: Vec::with_capacity(256) }))
+    Ok((
+        Reader { half: read, buf, start: head, end, ping: None },
+        Writer { half: write, frame: Vec::with_capacity(256) },
+    ))
 }
 
 /// A `Sec-WebSocket-Key`: 16 random bytes in base64.
@@ -109,8 +115,10 @@ impl Reader {
                         match header.opcode {
                             OpCode::Data(Data::Text) => return Ok(Some(&self.buf[at..at + len])),
                             OpCode::Control(Control::Close) => return Ok(None),
-                            _ => continue,
+                            OpCode::Control(Control::Ping) => self.ping = Some(self.buf[at..at + len].to_vec()),
+                            _ => {}
                         }
+                        continue;
                     }
                     at + len - self.start
                 }
@@ -120,6 +128,11 @@ impl Reader {
                 return Ok(None);
             }
         }
+    }
+
+    /// The payload of a ping received since the last call, to answer with `Writer::pong`.
+    pub fn take_ping(&mut self) -> Option<Vec<u8>> {
+        self.ping.take()
     }
 
     /// Reads once, with room for `need` unread bytes; false at the end of the stream.
@@ -142,6 +155,11 @@ impl Writer {
     /// One text frame, masked as a client's must be.
     pub async fn send_text(&mut self, text: &[u8]) -> Result<(), String> {
         self.send(OpCode::Data(Data::Text), text).await
+    }
+
+    /// The answer to a ping, with its payload.
+    pub async fn pong(&mut self, payload: &[u8]) -> Result<(), String> {
+        self.send(OpCode::Control(Control::Pong), payload).await
     }
 
     /// A close frame, then no more writing.
@@ -193,7 +211,7 @@ mod tests {
             let mut out =
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_vec();
             out.extend(frame(OpCode::Data(Data::Text), b"first"));
-            out.extend(frame(OpCode::Control(Control::Ping), b""));
+            out.extend(frame(OpCode::Control(Control::Ping), b"p"));
             out.extend(frame(OpCode::Data(Data::Text), b"second"));
             out.extend(frame(OpCode::Data(Data::Text), &big));
             out.extend(frame(OpCode::Control(Control::Close), b""));
@@ -203,22 +221,27 @@ mod tests {
                 socket.write_all(piece).await.unwrap();
                 socket.flush().await.unwrap();
             }
-            // The client's frame: masked, and unmasks to what it sent.
-            let mut head = [0u8; 6];
-            socket.read_exact(&mut head).await.unwrap();
-            assert_eq!(head[0], 0x81);
-            assert_eq!(head[1], 0x80 | 5, "masked, 5 bytes");
-            let mut payload = [0u8; 5];
-            socket.read_exact(&mut payload).await.unwrap();
-            let mask = [head[2], head[3], head[4], head[5]];
-            let text: Vec<u8> = payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
-            assert_eq!(text, b"hello");
+            // The client's frames: masked, and unmasked they are what it sent.
+            for (opcode, want) in [(0x8a, &b"p"[..]), (0x81, &b"hello"[..])] {
+                let mut head = [0u8; 6];
+                socket.read_exact(&mut head).await.unwrap();
+                assert_eq!(head[0], opcode);
+                assert_eq!(usize::from(head[1]), 0x80 | want.len(), "masked, {} bytes", want.len());
+                let mut payload = vec![0u8; want.len()];
+                socket.read_exact(&mut payload).await.unwrap();
+                let mask = [head[2], head[3], head[4], head[5]];
+                let got: Vec<u8> = payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+                assert_eq!(got, want);
+            }
         });
         let (mut reader, mut writer) = connect(addr, "h", "/ws/images/a").await.unwrap();
         assert_eq!(reader.next_text().await.unwrap(), Some(&b"first"[..]));
         assert_eq!(reader.next_text().await.unwrap(), Some(&b"second"[..]));
         assert_eq!(reader.next_text().await.unwrap(), Some(&expected[..]));
         assert_eq!(reader.next_text().await.unwrap(), None, "close ends the stream");
+        assert_eq!(reader.take_ping().as_deref(), Some(&b"p"[..]), "the ping waits for an answer");
+        assert_eq!(reader.take_ping(), None);
+        writer.pong(b"p").await.unwrap();
         writer.send_text(b"hello").await.unwrap();
         server.await.unwrap();
     }

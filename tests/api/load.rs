@@ -61,3 +61,19 @@ fn every_scenario_runs_and_reports() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("only http:// URLs are supported"));
 }
+
+/// Fan-out subscribers only listen, so they must answer the server's pings: with a 1 s ping
+/// interval the server drops a silent socket after 3 s, and this run lasts 5.
+#[test]
+fn listening_subscribers_answer_pings_and_stay_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&test_db(&dir), "127.0.0.1:0", &["--drain-grace", "0", "--ws-ping-interval", "1s"]);
+    let fanout = load(
+        &server,
+        &["fanout", "--duration", "5s", "--subscribers", "5", "--rate", "50", "--writers", "1", "--image", "p"],
+    );
+    let d = &fanout["delivery"];
+    assert_eq!(d["closed_subscribers"], 0, "{fanout}");
+    assert_eq!(d["received"], d["expected"], "{fanout}");
+    assert_eq!(d["expected"], 1250, "{fanout}");
+}
