@@ -27,7 +27,12 @@ pub async fn resolve(url: &str) -> Result<SocketAddr, String> {
 }
 
 pub fn ws_url(base: &str, image: &str) -> String {
-    format!("ws://{}/ws/images/{image}", base.trim_start_matches("http://").trim_end_matches('/'))
+    format!("ws://{}{}", base.trim_start_matches("http://").trim_end_matches('/'), ws_path(image))
+}
+
+/// The WebSocket path of an image.
+pub fn ws_path(image: &str) -> String {
+    format!("/ws/images/{image}")
 }
 
 /// Largest answer head or body the load tool accepts (a PNG is a few KB).

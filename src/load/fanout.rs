@@ -12,7 +12,7 @@ use std::{
 
 use super::{
     Common,
-    client::{authority, draw_body, ensure_image, first_pixel, pixel, resolve, seq_of},
+    client::{authority, draw_body, ensure_image, first_pixel, pixel, resolve, seq_of, ws_path},
     lean_ws,
     report::{Delivery, Latency, ProcSample, Report, histogram, record},
 };
@@ -41,7 +41,7 @@ pub async fn run(
     }
     ensure_image(&common.url, &common.image).await?;
     let total = (rate * common.duration.as_secs().max(1)).min(1 << 28);
-    let path = format!("/ws/images/{}", common.image);
+    let path = ws_path(&common.image);
     let (addr, host) = (resolve(&common.url).await?, authority(&common.url)?);
     let mut subs = Vec::with_capacity(subscribers);
     for _ in 0..subscribers {

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{
     Common,
-    client::{Http, authority, ensure_image, first_pixel, resolve},
+    client::{Http, authority, ensure_image, first_pixel, resolve, ws_path},
     lean_ws,
     report::{Latency, ProcSample, Report, histogram, record},
 };
@@ -44,7 +44,7 @@ pub async fn run(common: &Common, users: usize, every: Option<Duration>) -> Resu
     let (addr, host) = (resolve(&common.url).await?, authority(&common.url)?);
     let mut tasks = Vec::with_capacity(users);
     for u in 0..users {
-        let path = format!("/ws/images/{}", images[u % IMAGES]);
+        let path = ws_path(&images[u % IMAGES]);
         tasks.push(tokio::spawn(user(addr, host.clone(), path, u as u64, deadline, sent.clone())));
     }
     let listeners: Vec<_> = (0..users.div_ceil(10)).map(|_| tokio::spawn(sse(addr, host.clone(), deadline))).collect();
