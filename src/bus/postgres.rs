@@ -405,10 +405,10 @@ impl Listener {
         img: &crate::service::LiveImage,
     ) -> Result<(), tokio_postgres::Error> {
         let row = client.query_opt("SELECT pixels, version FROM images WHERE image_id = $1", &[&id.as_str()]).await?;
-        if let Some(row) = row {
-            if let Some(canvas) = Canvas::from_bytes(row.get::<_, &[u8]>(0)) {
-                img.reset(canvas, row.get::<_, i64>(1) as u64);
-            }
+        if let Some(row) = row
+            && let Some(canvas) = Canvas::from_bytes(row.get::<_, &[u8]>(0))
+        {
+            img.reset(canvas, row.get::<_, i64>(1) as u64);
         }
         Ok(())
     }

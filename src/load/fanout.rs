@@ -138,10 +138,10 @@ async fn send(
                 },
                 Ok(()) = last_rx.changed() => {}
             }
-            if let (Some(want), Some(got)) = (*last_rx.borrow(), newest) {
-                if got >= want {
-                    return;
-                }
+            if let (Some(want), Some(got)) = (*last_rx.borrow(), newest)
+                && got >= want
+            {
+                return;
             }
         }
     });
@@ -199,11 +199,11 @@ async fn subscribe(
             }
         }
         // A subscriber only listens: it must answer pings, or the server drops it as silent.
-        if let Some(ping) = ws.take_ping() {
-            if out.pong(&ping).await.is_err() {
-                r.closed = true;
-                break;
-            }
+        if let Some(ping) = ws.take_ping()
+            && out.pong(&ping).await.is_err()
+        {
+            r.closed = true;
+            break;
         }
         let text = match tokio::time::timeout(Duration::from_millis(100), ws.next_text()).await {
             Err(_) => continue,

@@ -213,7 +213,7 @@ async fn reads(
     while Instant::now() < deadline {
         every.tick().await;
         let image = &images[k % images.len()];
-        let path = if k % 2 == 0 { format!("/images/{image}.png") } else { format!("/images/{image}/data") };
+        let path = if k.is_multiple_of(2) { format!("/images/{image}.png") } else { format!("/images/{image}/data") };
         k += 1;
         let started = Instant::now();
         match http.call("GET", &path, b"").await {

@@ -244,11 +244,11 @@ impl Writer {
         let mut global = false;
         // A random id must be locked like any other: pick it now.
         for (op, _) in jobs.iter_mut() {
-            if let Op::Create { id: id @ None, .. } = op {
-                if let Some(picked) = self.free_id() {
-                    self.picked.push(picked.clone());
-                    *id = Some(picked);
-                }
+            if let Op::Create { id: id @ None, .. } = op
+                && let Some(picked) = self.free_id()
+            {
+                self.picked.push(picked.clone());
+                *id = Some(picked);
             }
         }
         let mut ids: Vec<&ImageId> = Vec::new();

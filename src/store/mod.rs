@@ -87,6 +87,11 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("stored image {0:?} is corrupt: {1}")]
     Corrupt(String, String),
+    #[error(
+        "database {path} is in use by another draw64 process ({holder}); an SQLite database serves one \
+         instance: stop the other first, or use PostgreSQL for several"
+    )]
+    InUse { path: String, holder: String },
 }
 
 /// What a database span and metric say about the store (semantic conventions `db.*`).

@@ -80,10 +80,10 @@ struct Sampler {
 impl Sampler {
     fn sample(&mut self) -> Sample {
         let now = Instant::now();
-        if let Some((at, sample)) = &self.last {
-            if now.duration_since(*at) < FRESH {
-                return sample.clone();
-            }
+        if let Some((at, sample)) = &self.last
+            && now.duration_since(*at) < FRESH
+        {
+            return sample.clone();
         }
         self.system.refresh_cpu_usage();
         self.system.refresh_memory();

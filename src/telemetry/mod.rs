@@ -76,10 +76,10 @@ impl Telemetry {
         if let Err(e) = self.tracer.shutdown() {
             eprintln!("draw64: flushing traces: {e}");
         }
-        if let Some(logger) = &self.logger {
-            if let Err(e) = logger.shutdown() {
-                eprintln!("draw64: flushing logs: {e}");
-            }
+        if let Some(logger) = &self.logger
+            && let Err(e) = logger.shutdown()
+        {
+            eprintln!("draw64: flushing logs: {e}");
         }
         if let Err(e) = self.meter.shutdown() {
             eprintln!("draw64: flushing metrics: {e}");

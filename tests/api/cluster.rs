@@ -120,7 +120,7 @@ async fn writers_on_two_instances_give_every_subscriber_one_order() {
             let p = &v["event"]["command"]["values"][0];
             let c = [p[2].as_u64()? as u8, p[3].as_u64()? as u8, p[4].as_u64()? as u8];
             // Writers 0 and 2 wrote through A: their receipts on B crossed instances.
-            (c[0] % 2 == 0).then(|| at.saturating_duration_since(sent[&c]))
+            c[0].is_multiple_of(2).then(|| at.saturating_duration_since(sent[&c]))
         })
         .collect();
     latencies.sort();
@@ -292,14 +292,12 @@ impl Haproxy {
         let mut seen = std::collections::HashSet::new();
         while seen.len() < 2 {
             assert!(Instant::now() < deadline, "HAProxy did not reach both instances: saw {seen:?}");
-            if let Ok(res) = http.get(self.url("/readyz")).send().await {
-                if res.status() == 200 {
-                    if let Some(by) = res.headers().get("x-served-by").and_then(|v| v.to_str().ok()) {
-                        if ids.contains(&by) {
-                            seen.insert(by.to_owned());
-                        }
-                    }
-                }
+            if let Ok(res) = http.get(self.url("/readyz")).send().await
+                && res.status() == 200
+                && let Some(by) = res.headers().get("x-served-by").and_then(|v| v.to_str().ok())
+                && ids.contains(&by)
+            {
+                seen.insert(by.to_owned());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

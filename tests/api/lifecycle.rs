@@ -38,6 +38,37 @@ async fn a_restart_keeps_images_pixels_and_counters() {
     assert_eq!(server.wait(), Some(0));
 }
 
+/// Two processes on one SQLite file would each commit from their own memory, the second
+/// overwriting the first's canvases: the second one must refuse to start, and say why.
+#[tokio::test]
+async fn a_second_process_on_the_same_sqlite_file_refuses_to_start() {
+    if crate::pg::suite_on_postgres() {
+        return; // several instances on one PostgreSQL is the supported way; tests in cluster.rs
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(&dir);
+    let http = reqwest::Client::new();
+    let first = Server::start(&db, "127.0.0.1:0", &["--drain-grace", "0"]);
+    http.post(first.url("/images/mine")).send().await.unwrap();
+    assert_eq!(http.put(first.url("/images/mine")).body(draw(&[[1, 1, 9, 9, 9]])).send().await.unwrap().status(), 200);
+
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_draw64"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--database", &db])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "the second process exits 1: {stderr}");
+    assert!(stderr.contains(&format!("in use by another draw64 process (pid {})", first.pid())), "{stderr}");
+    // The first one goes on, its image intact.
+    let (status, data) = get(&http, first.url("/images/mine/data")).await;
+    assert_eq!(status, 200);
+    first.signal(Signal::SIGTERM);
+    assert_eq!(first.wait(), Some(0));
+
+    let next = Server::start(&db, "127.0.0.1:0", &["--drain-grace", "0"]);
+    assert_eq!(get(&http, next.url("/images/mine/data")).await, (200, data), "starts once the first has exited");
+}
+
 #[tokio::test]
 async fn kill_9_right_after_acknowledgement_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
