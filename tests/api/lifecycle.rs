@@ -43,7 +43,9 @@ async fn a_restart_keeps_images_pixels_and_counters() {
 #[tokio::test]
 async fn a_second_process_on_the_same_sqlite_file_refuses_to_start() {
     if crate::pg::suite_on_postgres() {
-        return; // several instances on one PostgreSQL is the supported way; tests in cluster.rs
+        // Several instances on one PostgreSQL is the supported way (cluster.rs tests it).
+        eprintln!("SKIPPED the second-process lock: it is SQLite's, and this run is on PostgreSQL");
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let db = test_db(&dir);
