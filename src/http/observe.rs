@@ -94,7 +94,7 @@ fn span_name(method: usize, route: usize) -> &'static str {
 }
 
 /// The tracer for server spans, fetched once: after `telemetry::init` installed the provider.
-fn tracer() -> &'static BoxedTracer {
+pub(super) fn tracer() -> &'static BoxedTracer {
     static TRACER: OnceLock<BoxedTracer> = OnceLock::new();
     TRACER.get_or_init(|| global::tracer("draw64"))
 }

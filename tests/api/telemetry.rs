@@ -129,6 +129,84 @@ async fn otlp_over_http_receives_the_spans_and_logs_of_a_put() {
     otlp_scenario("http/protobuf").await;
 }
 
+/// A WebSocket frame is a trace of its own (`ws command`, a consumer span) linked to the socket's
+/// `ws connect`, with `validate` and `commit` under it and the batch's database span under the
+/// commit; a refused frame's span carries `error.type`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_command_is_a_trace_of_its_own_linked_to_the_connect() {
+    let receiver = Receiver::start().await;
+    let endpoint = format!("http://{}", receiver.grpc);
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let server = Server::start_env(&test_db(&dir), "127.0.0.1:0", &["--drain-grace", "0"], &env, None);
+    let mut ws = ws_connect(&format!("ws://{}/ws/images/spans", server.addr)).await;
+    ws_send(&mut ws, &draw(&[[2, 3, 9, 9, 9]])).await;
+    assert_eq!(next_event(&mut ws).await["event"]["event_type"], "image_updated");
+    ws_send(&mut ws, "not json").await;
+    assert_eq!(next_event(&mut ws).await["event"]["event_type"], "error");
+    drop(ws);
+
+    let deadline = Instant::now() + WAIT;
+    loop {
+        {
+            let got = receiver.sink.0.lock().unwrap();
+            let commands: Vec<_> = got.spans.iter().filter(|s| s.name == "ws command").collect();
+            let connect = got.spans.iter().find(|s| s.name == "ws connect");
+            let draw = commands.iter().find(|s| string(attr(&s.attributes, "draw64.command.type")) == Some("draw"));
+            let bad = commands.iter().find(|s| string(attr(&s.attributes, "error.type")) == Some("invalid_command"));
+            let children = |of: &opentelemetry_proto::tonic::trace::v1::Span| -> Vec<String> {
+                let mut names: Vec<String> = got
+                    .spans
+                    .iter()
+                    .filter(|s| s.parent_span_id == of.span_id && s.trace_id == of.trace_id)
+                    .map(|s| s.name.clone())
+                    .collect();
+                names.sort();
+                names
+            };
+            if let (Some(connect), Some(draw), Some(bad)) = (connect, draw, bad)
+                && children(draw).len() == 2
+            {
+                assert_eq!(draw.kind, SpanKind::Consumer as i32);
+                assert!(draw.parent_span_id.is_empty(), "a trace of its own");
+                assert_ne!(draw.trace_id, connect.trace_id);
+                assert!(
+                    draw.links.iter().any(|l| l.span_id == connect.span_id && l.trace_id == connect.trace_id),
+                    "linked to the socket's connect"
+                );
+                assert_eq!(string(attr(&draw.attributes, "draw64.image.id")), Some("spans"));
+                assert_eq!(int(attr(&draw.attributes, "draw64.pixel.count")), Some(1));
+                let session = string(attr(&connect.attributes, "draw64.ws.session_id"));
+                assert!(session.is_some());
+                assert_eq!(string(attr(&draw.attributes, "draw64.ws.session_id")), session);
+                assert!(attr(&draw.attributes, "error.type").is_none());
+                assert_eq!(children(draw), ["commit", "validate"]);
+                let commit = got.spans.iter().find(|s| s.name == "commit" && s.parent_span_id == draw.span_id).unwrap();
+                // The batch's database span: under the first traced request of the batch, linked
+                // to the others; here the command's commit.
+                assert!(
+                    got.spans.iter().any(|s| s.kind == SpanKind::Client as i32
+                        && (s.parent_span_id == commit.span_id && s.trace_id == commit.trace_id
+                            || s.links.iter().any(|l| l.span_id == commit.span_id))),
+                    "the batch's database span is under the command's commit"
+                );
+                // Refused while parsing: validated, never queued.
+                assert_eq!(bad.kind, SpanKind::Consumer as i32);
+                assert_eq!(children(bad), ["validate"]);
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the receiver did not get the WebSocket command spans");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.signal(Signal::SIGTERM);
+    assert_eq!(server.wait(), Some(0));
+}
+
 #[tokio::test]
 async fn the_console_exporter_prints_span_names_and_trace_ids() {
     let dir = tempfile::tempdir().unwrap();
