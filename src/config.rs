@@ -66,8 +66,9 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// Where images are stored: sqlite://PATH (embedded, one instance: locked by PATH-lock, so a
-    /// second process on it refuses to start; created and migrated on start) or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (shared by any number of
-    /// instances, which then fan changes out to each other with LISTEN/NOTIFY).
+    /// second process on it refuses to start; created and migrated on start) or
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (shared by any number of instances, which
+    /// then fan changes out to each other with LISTEN/NOTIFY).
     #[arg(long, env = "DRAW64_DATABASE", default_value = "sqlite://draw64.db")]
     pub database: String,
 

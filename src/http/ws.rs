@@ -359,25 +359,31 @@ async fn handle_command(
     let queued = app.service.submit(id.clone(), command).with_context(commit.clone()).await;
     let outcome = match queued {
         Ok(outcome) => outcome,
-        Err(e) => return Err(finish(&cx, &commit, Err(e)).unwrap_or_default()),
+        Err(e) => {
+            let detail = refused(&cx, e);
+            end(&cx, &commit);
+            return Err(detail);
+        }
     };
     Ok(Box::pin(async move {
-        let result = outcome.with_context(commit.clone()).await;
-        finish(&cx, &commit, result)
+        let detail = outcome.with_context(commit.clone()).await.err().map(|e| refused(&cx, e));
+        end(&cx, &commit);
+        detail
     }))
 }
 
-/// Ends a command's spans with its outcome; the refusal's detail for the client, if refused.
-fn finish(command: &Context, commit: &Context, result: Result<(), crate::service::ServiceError>) -> Option<String> {
+/// A refusal from the service: counted, recorded on the command's span, and its detail for the client.
+fn refused(command: &Context, e: crate::service::ServiceError) -> String {
+    let e = ApiError::from(e);
+    count_rejection(&e);
+    command.span().set_attribute(KeyValue::new(attr::ERROR_TYPE, e.status().as_str().to_owned()));
+    e.to_string()
+}
+
+/// Ends a command's spans, the child first.
+fn end(command: &Context, commit: &Context) {
     commit.span().end();
-    let detail = result.err().map(|e| {
-        let e = ApiError::from(e);
-        count_rejection(&e);
-        command.span().set_attribute(KeyValue::new(attr::ERROR_TYPE, e.status().as_str().to_owned()));
-        e.to_string()
-    });
     command.span().end();
-    detail
 }
 
 /// Boxed, like `close`: rare paths kept out of every socket's task.
