@@ -43,7 +43,7 @@ impl App {
         let store = store::open(&config.database, &instance_id)?;
         let limits = Limits { max_images: config.max_images, max_total_images: config.max_total_images };
         let service = Service::start(store, limits).await?;
-        let bus = bus::start(&config.database, &instance_id, &service).await?;
+        let bus = bus::start(&config.database, &instance_id, service.take_replica()).await;
         let listener = TcpListener::bind(config.listen).await.map_err(|e| StartupError::Bind(config.listen, e))?;
         let metrics_listener = match telemetry.and_then(Telemetry::prometheus_addr) {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| StartupError::Bind(addr, e))?),

@@ -70,7 +70,7 @@ pub struct Config {
     /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (shared by any number of instances, which
     /// then fan changes out to each other with LISTEN/NOTIFY).
     #[arg(long, env = "DRAW64_DATABASE", default_value = "sqlite://draw64.db")]
-    pub database: String,
+    pub database: crate::store::Database,
 
     /// Most active images `POST /images` may create (the limit is exact: N, not N+1).
     #[arg(long, env = "DRAW64_MAX_IMAGES", default_value_t = 10)]

@@ -64,6 +64,14 @@ impl Command {
         }
     }
 
+    /// Pixels the command sets on the canvas (a draw's pixels outside it are ignored).
+    pub fn pixels_on_canvas(&self) -> u64 {
+        match self {
+            Command::Draw(px) => px.iter().filter(|p| (0..64).contains(&p.x) && (0..64).contains(&p.y)).count() as u64,
+            Command::ClearCanvas => 0,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Command::Draw(_) => "draw",

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 
 use opentelemetry::{
     KeyValue,
-    global::{self, BoxedTracer},
+    global,
     propagation::Extractor,
     trace::{FutureExt as _, Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _},
 };
@@ -93,12 +93,6 @@ fn span_name(method: usize, route: usize) -> &'static str {
     names[method * ROUTES.len() + route]
 }
 
-/// The tracer for server spans, fetched once: after `telemetry::init` installed the provider.
-pub(super) fn tracer() -> &'static BoxedTracer {
-    static TRACER: OnceLock<BoxedTracer> = OnceLock::new();
-    TRACER.get_or_init(|| global::tracer("draw64"))
-}
-
 /// The server span is made with the OpenTelemetry API directly (one builder, attributes in
 /// one vector) rather than through a `tracing` span: it is the hottest span and the bridge
 /// costs several microseconds more per request. Its context is attached while the request is
@@ -119,7 +113,7 @@ pub async fn observe(State(app): State<AppState>, req: Request, next: Next) -> R
     };
     let parent = global::get_text_map_propagator(|p| p.extract(&Headers(req.headers())));
     let protocol = version(&req);
-    let tracer = tracer();
+    let tracer = crate::telemetry::span::tracer();
     let mut span = tracer.span_builder(name).with_kind(SpanKind::Server).start_with_context(tracer, &parent);
     // Attributes only for a span that records (no sampler here reads them to decide).
     if span.is_recording() {

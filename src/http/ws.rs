@@ -321,7 +321,7 @@ async fn handle_command(
     connect: &SpanContext,
     frame: &[u8],
 ) -> Result<Outcome, String> {
-    let tracer = super::observe::tracer();
+    let tracer = crate::telemetry::span::tracer();
     let mut span =
         tracer.span_builder("ws command").with_kind(SpanKind::Consumer).start_with_context(tracer, &Context::new());
     if span.is_recording() {

@@ -1,25 +1,40 @@
 //! The use cases: create, delete, draw, subscribe, count users. Owns the in-memory canvases
 //! and the fan-out; reaches the database only through the writer thread and the `Store` trait.
+//!
+//! - `state`: the in-memory state (private; the only code that takes its locks), made of
+//!   `image`s whose events go out through `fanout`;
+//! - `writer`: the one thread that commits every change, then makes it visible;
+//! - `replica`: the door through which the bus brings other instances' commits in;
+//! - `presence`: connected users, here and on the other instances.
 
-mod live;
-mod observe;
+mod fanout;
+mod gauges;
+mod image;
+mod presence;
+mod replica;
+mod state;
+mod sync;
 mod writer;
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use live::{Announcement, CatchUp, Delivery, EventText, Live, LiveImage, Outgoing, RESYNC, SUBSCRIBER_BACKLOG};
-use live::{lock, read};
-pub use writer::traceparent;
+pub use fanout::{EventText, Outgoing, RESYNC, SUBSCRIBER_BACKLOG};
+pub use image::Delivery;
+pub use presence::{PRESENCE_TTL, Presence};
+pub use replica::Replica;
+pub use state::{Announcement, CatchUp};
+use state::State;
+use sync::lock;
 use writer::{Job, Op, Writer};
 
 use crate::{
-    domain::{Canvas, Command, ImageId, event},
+    domain::{Canvas, Command, ImageId},
     store::{Store, StoreError},
 };
 
@@ -63,45 +78,55 @@ pub struct Statistics {
 #[derive(Clone)]
 pub struct Service {
     ops: mpsc::Sender<Job>,
-    live: Arc<Live>,
+    state: Arc<State>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// For the bus, taken once (shared stores only).
+    replica: Arc<Mutex<Option<Replica>>>,
 }
 
 impl Service {
     /// Starts the writer thread, which loads every image from the store into memory (all store
     /// calls happen on that thread), and answers once they are loaded.
     pub async fn start(store: Box<dyn Store>, limits: Limits) -> Result<Self, StoreError> {
-        let live = Arc::new(Live::new(Default::default()));
-        let _ = live.fanout_queue.set(live::start_fanout());
+        let pool_size = store.describe().pool_size;
+        let (state, requests) = State::new(store.shared());
+        let state = Arc::new(state);
         let (ops, queue) = mpsc::channel(QUEUE);
         let (loaded_tx, loaded) = oneshot::channel();
-        let writer_live = live.clone();
+        let writer_state = state.clone();
         let handle = std::thread::Builder::new()
             .name("draw64-writer".into())
-            .spawn(move || match Writer::load(store, writer_live, limits) {
+            .spawn(move || match Writer::load(store, writer_state, limits) {
                 Ok(writer) => {
                     let _ = loaded_tx.send(Ok(()));
                     writer.run(queue);
                 }
                 Err(e) => drop(loaded_tx.send(Err(e))),
             })
-            .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+            .map_err(StoreError::database)?;
         match loaded.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 let _ = handle.join();
                 return Err(e);
             }
-            Err(_) => return Err(StoreError::Database("the writer thread stopped while loading".into())),
+            Err(_) => return Err(StoreError::Unusable("the writer thread stopped while loading".into())),
         }
-        let service = Self { ops, live, writer: Arc::new(Mutex::new(Some(handle))) };
-        observe::register(&service);
+        let replica = requests.map(|requests| Replica::new(state.clone(), requests));
+        let service = Self {
+            ops,
+            state,
+            writer: Arc::new(Mutex::new(Some(handle))),
+            replica: Arc::new(Mutex::new(replica)),
+        };
+        gauges::register(&service, pool_size);
         Ok(service)
     }
 
-    /// The shared in-memory state, for the bus that keeps it fresh from other instances.
-    pub(crate) fn live(&self) -> &Arc<Live> {
-        &self.live
+    /// The door for the bus that keeps this instance fresh from the others (once; `None` for
+    /// an embedded store).
+    pub fn take_replica(&self) -> Option<Replica> {
+        lock(&self.replica).take()
     }
 
     async fn call<T>(
@@ -109,8 +134,7 @@ impl Service {
         op: impl FnOnce(oneshot::Sender<Result<T, ServiceError>>) -> Op,
     ) -> Result<T, ServiceError> {
         let (tx, rx) = oneshot::channel();
-        // The caller's trace context travels with the change into the writer's spans. (HTTP
-        // requests attach theirs; `tracing` spans attach theirs when entered.)
+        // The caller's trace context travels with the change into the writer's spans.
         let cx = opentelemetry::Context::current();
         self.ops.send((op(tx), cx)).await.map_err(|_| ServiceError::Stopped)?;
         rx.await.map_err(|_| ServiceError::Stopped)?
@@ -161,13 +185,11 @@ impl Service {
     }
 
     pub fn exists(&self, id: &ImageId) -> bool {
-        read(&self.live.images).contains_key(id)
+        self.state.contains(id)
     }
 
     pub fn list(&self) -> Vec<ImageId> {
-        let mut ids: Vec<ImageId> = read(&self.live.images).keys().cloned().collect();
-        ids.sort();
-        ids
+        self.state.ids()
     }
 
     /// The image with every change committed before this call, whichever instance made it:
@@ -175,44 +197,37 @@ impl Service {
     /// if the bus is down, what this instance has). A page that subscribes and then loads the
     /// image through a balancer therefore never loads an older state than its socket continues.
     pub async fn committed_canvas(&self, id: &ImageId) -> Option<Canvas> {
-        if let Some(catch_up) = self.live.catch_up.get() {
-            let (done, caught_up) = oneshot::channel();
-            if catch_up.send((id.clone(), Some(done))).is_ok() {
-                let _ = tokio::time::timeout(Duration::from_secs(1), caught_up).await;
-            }
+        let (done, caught_up) = oneshot::channel();
+        if self.state.request_catch_up(id, Some(done)) {
+            let _ = tokio::time::timeout(Duration::from_secs(1), caught_up).await;
         }
         self.canvas(id)
     }
 
     pub fn canvas(&self, id: &ImageId) -> Option<Canvas> {
-        read(&self.live.images).get(id).map(|img| read(&img.canvas).clone())
+        self.state.canvas(id)
     }
 
     pub fn subscribe(&self, id: &ImageId) -> Option<broadcast::Receiver<Outgoing>> {
-        read(&self.live.images).get(id).map(|img| img.events.subscribe())
+        self.state.subscribe(id)
     }
 
     pub fn announcements(&self) -> broadcast::Receiver<Announcement> {
-        self.live.subscribe_announcements()
+        self.state.subscribe_announcements()
     }
 
     pub fn statistics(&self) -> Statistics {
-        let counters = *lock(&self.live.counters);
-        let image_updates = read(&self.live.images)
-            .iter()
-            .map(|(id, img)| (id.to_string(), img.updates.load(Ordering::Relaxed)))
-            .filter(|(_, n)| *n > 0)
-            .collect();
+        let counters = self.state.counters();
         Statistics {
             images_created: counters.images_created,
             images_deleted: counters.images_deleted,
-            user_count: self.live.user_count(),
-            image_updates,
+            user_count: self.state.user_count(),
+            image_updates: self.state.updates().into_iter().map(|(id, n)| (id.to_string(), n)).collect(),
         }
     }
 
     pub fn user_count(&self) -> u64 {
-        self.live.user_count()
+        self.state.user_count()
     }
 
     /// Operations waiting for the writer.
@@ -222,37 +237,21 @@ impl Service {
 
     /// Whether the store's connection is busy committing right now.
     pub fn store_busy(&self) -> bool {
-        self.live.committing.load(Ordering::Relaxed)
+        self.state.is_committing()
     }
 
     pub fn image_count(&self) -> usize {
-        read(&self.live.images).len()
+        self.state.image_count()
     }
 
     /// Users per image, busiest first (for a bounded metric: the caller keeps the top few).
     pub fn users_per_image(&self) -> Vec<u64> {
-        let mut users: Vec<u64> =
-            read(&self.live.images).values().map(|img| img.users.load(Ordering::Relaxed)).filter(|n| *n > 0).collect();
-        users.sort_unstable_by(|a, b| b.cmp(a));
-        users
+        self.state.users_per_image()
     }
 
     /// Counts one more user on `image` and announces it; the user leaves when the guard drops.
     pub fn join(&self, image: &ImageId, created: bool) -> Presence {
-        // Weak: a connected user must not keep a deleted image's event channel open.
-        let on_image = read(&self.live.images).get(image).map(|img| {
-            img.users.fetch_add(1, Ordering::Relaxed);
-            Arc::downgrade(img)
-        });
-        let created = created.then_some(image);
-        self.live.users.fetch_add(1, Ordering::Relaxed);
-        self.live.presence_changed.notify_one();
-        self.live.announce("user_connected", event::bare("user_connected"));
-        if let Some(id) = created {
-            self.live.announce_image("image_created", id);
-        }
-        self.live.announce("user_count_updated", event::user_count_updated(self.live.user_count()));
-        Presence { live: self.live.clone(), image: on_image }
+        self.state.join(image, created)
     }
 
     /// Lets queued writes commit, then stops the writer. Call after the server stopped serving.
@@ -262,22 +261,5 @@ impl Service {
             let _ = self.ops.send((Op::Stop, opentelemetry::Context::new())).await;
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
-    }
-}
-
-pub struct Presence {
-    live: Arc<Live>,
-    image: Option<std::sync::Weak<live::LiveImage>>,
-}
-
-impl Drop for Presence {
-    fn drop(&mut self) {
-        if let Some(img) = self.image.as_ref().and_then(std::sync::Weak::upgrade) {
-            img.users.fetch_sub(1, Ordering::Relaxed);
-        }
-        self.live.users.fetch_sub(1, Ordering::Relaxed);
-        self.live.presence_changed.notify_one();
-        self.live.announce("user_disconnected", event::bare("user_disconnected"));
-        self.live.announce("user_count_updated", event::user_count_updated(self.live.user_count()));
     }
 }

@@ -6,20 +6,28 @@
 //! (PostgreSQL) is written by several instances, so each batch first locks and re-reads the rows
 //! it touches (`lock`) and the writer decides on those.
 
+mod database;
+mod instrumented;
+#[cfg(test)]
+pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+pub use database::Database;
+pub use instrumented::Instrumented;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
-use crate::domain::{Canvas, ImageId};
+use opentelemetry::trace::SpanContext;
 
-/// One image as stored: its pixels, the version of its last change and how many commands it
-/// has accepted (the `image_updates` statistic).
+use crate::domain::{Canvas, Command, ImageId};
+
+/// One image as stored: its pixels and its version, which is also how many commands it has
+/// accepted (the `image_updates` statistic).
 #[derive(Clone, Debug)]
 pub struct StoredImage {
     pub id: ImageId,
@@ -27,7 +35,6 @@ pub struct StoredImage {
     pub generation: u64,
     pub canvas: Canvas,
     pub version: u64,
-    pub updates: u64,
 }
 
 /// Counters that survive restarts.
@@ -53,38 +60,37 @@ pub struct Locked {
     pub global: Option<(Counters, usize)>,
 }
 
-/// One accepted command, for the change log other instances read (shared stores only).
-#[derive(Debug)]
-pub struct Change<'a> {
-    pub image: &'a ImageId,
-    pub generation: u64,
-    pub version: u64,
-    /// `{"command": ...}`, as a client would send it.
-    pub command: String,
-    /// W3C `traceparent` of the request, so the fan-out on another instance joins its trace.
-    pub traceparent: Option<String>,
-}
-
-/// What a batch tells the other instances (shared stores only), sent with its commit.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Notice {
-    Updated { image: ImageId, generation: u64, version: u64 },
-    Created(ImageId),
-    Deleted(ImageId),
-}
-
 /// The net effect of one batch on one image.
 pub enum Write<'a> {
     Upsert(&'a StoredImage),
     Delete(&'a ImageId),
 }
 
+/// What one batch did, in order, for the other instances of a shared store (its change log
+/// and notices); empty for an embedded store.
+pub enum Logged<'a> {
+    Applied { image: &'a ImageId, generation: u64, version: u64, command: &'a Command, trace: SpanContext },
+    Created(&'a ImageId),
+    Deleted(&'a ImageId),
+}
+
+/// One batch, written atomically.
+pub struct Commit<'a> {
+    pub writes: Vec<Write<'a>>,
+    pub counters: Counters,
+    pub log: Vec<Logged<'a>>,
+}
+
+type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database refused or could not be reached; the cause says what it answered.
     #[error("database error: {0}")]
-    Database(String),
-    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST:PORT/DATABASE")]
-    UnsupportedUrl(String),
+    Database(#[source] Cause),
+    /// Something about the database that this build cannot work with (a newer schema, say).
+    #[error("{0}")]
+    Unusable(String),
     #[error("stored image {0:?} is corrupt: {1}")]
     Corrupt(String, String),
     #[error(
@@ -92,6 +98,12 @@ pub enum StoreError {
          instance: stop the other first, or use PostgreSQL for several"
     )]
     InUse { path: String, holder: String },
+}
+
+impl StoreError {
+    pub fn database(cause: impl Into<Cause>) -> Self {
+        StoreError::Database(cause.into())
+    }
 }
 
 /// What a database span and metric say about the store (semantic conventions `db.*`).
@@ -103,6 +115,8 @@ pub struct Describe {
     pub namespace: String,
     /// `db.query.text` of a batch commit: statements with placeholders, never values.
     pub commit_query: &'static str,
+    /// Most connections the store holds (`db.client.connection.max`).
+    pub pool_size: usize,
 }
 
 pub trait Store: Send + 'static {
@@ -116,18 +130,11 @@ pub trait Store: Send + 'static {
     }
     /// Shared stores open the batch's transaction and lock the rows of `ids` (and, when `global`,
     /// the counters) until `commit` or `rollback`. Embedded stores answer `None`: memory is the truth.
-    fn lock(&mut self, _ids: &[&ImageId], _global: bool) -> Result<Option<Locked>, StoreError> {
+    fn lock(&mut self, _ids: &[ImageId], _global: bool) -> Result<Option<Locked>, StoreError> {
         Ok(None)
     }
-    /// Writes one batch atomically: all of it or, on error, none of it. `changes` and `notices`
-    /// are empty for embedded stores.
-    fn commit(
-        &mut self,
-        writes: &[Write<'_>],
-        changes: &[Change<'_>],
-        notices: &[Notice],
-        counters: Counters,
-    ) -> Result<(), StoreError>;
+    /// Writes one batch atomically: all of it or, on error, none of it.
+    fn commit(&mut self, commit: &Commit<'_>) -> Result<(), StoreError>;
     /// Ends a transaction `lock` opened without writing (the batch changed nothing).
     fn rollback(&mut self) {}
     /// A cheap round trip proving the database answers (readiness).
@@ -140,22 +147,14 @@ pub trait Store: Send + 'static {
     }
 }
 
-/// Opens the store a `--database` URL names. `instance` is this process's `service.instance.id`
+/// Opens the store `database` names. `instance` is this process's `service.instance.id`
 /// (a shared store tags its notices with it).
-pub fn open(url: &str, instance: &str) -> Result<Box<dyn Store>, StoreError> {
-    #[cfg(feature = "sqlite")]
-    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
-        let _ = instance;
-        return Ok(Box::new(SqliteStore::open(path)?));
+pub fn open(database: &Database, instance: &str) -> Result<Box<dyn Store>, StoreError> {
+    let _ = instance;
+    match database {
+        #[cfg(feature = "sqlite")]
+        Database::Sqlite(path) => Ok(Box::new(SqliteStore::open(path)?)),
+        #[cfg(feature = "postgres")]
+        Database::Postgres(config) => Ok(Box::new(PostgresStore::open(config, instance)?)),
     }
-    #[cfg(feature = "postgres")]
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Box::new(PostgresStore::open(url, instance)?));
-    }
-    Err(StoreError::UnsupportedUrl(url.to_owned()))
-}
-
-/// Whether a URL names a shared store (several instances, a bus between them).
-pub fn is_shared(url: &str) -> bool {
-    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }

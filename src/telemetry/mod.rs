@@ -14,6 +14,8 @@ mod console;
 mod host;
 mod logs;
 pub mod metrics;
+pub mod propagation;
+pub mod span;
 pub mod registry;
 mod resource;
 pub mod settings;

@@ -19,7 +19,9 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Change, Counters, Describe, Notice, Snapshot, Store, StoreError, StoredImage, Write};
+mod claim;
+
+use super::{Commit, Counters, Describe, Snapshot, Store, StoreError, StoredImage, Write};
 use crate::domain::{Canvas, ImageId};
 
 /// Versioned migrations; `PRAGMA user_version` records how many have run.
@@ -78,13 +80,13 @@ const COMMIT_QUERY: &str = concat!("BEGIN IMMEDIATE; ", upsert!(), "; ", delete!
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Database(e.to_string())
+        StoreError::database(e)
     }
 }
 
 impl SqliteStore {
     pub fn open(path: &str) -> Result<Self, StoreError> {
-        let owner = claim(path)?;
+        let owner = claim::claim(path)?;
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -107,7 +109,7 @@ impl SqliteStore {
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let done: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if done > MIGRATIONS.len() {
-            return Err(StoreError::Database(format!(
+            return Err(StoreError::Unusable(format!(
                 "database schema version {done} is newer than this build knows ({}); upgrade draw64",
                 MIGRATIONS.len()
             )));
@@ -121,61 +123,24 @@ impl SqliteStore {
     }
 }
 
-/// Takes the exclusive lock that makes this process the file's only writer, and records our pid
-/// in it so the refusal can name the holder. `None` for an in-memory database (nothing to share).
-fn claim(path: &str) -> Result<Option<std::fs::File>, StoreError> {
-    use std::io::{Read, Seek, Write};
-    if path.is_empty() || path == ":memory:" || path.starts_with("file::memory:") {
-        return Ok(None);
-    }
-    let lock_path = format!("{path}-lock");
-    let cannot = |e: std::io::Error| StoreError::Database(format!("cannot open the lock file {lock_path}: {e}"));
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .map_err(cannot)?;
-    match file.try_lock() {
-        Ok(()) => {
-            // The pid is for people; the lock itself is what counts.
-            let _ = file.set_len(0).and_then(|()| writeln!(file, "pid {}", std::process::id()));
-            Ok(Some(file))
-        }
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.rewind().and_then(|_| file.read_to_string(&mut holder));
-            let holder = match holder.trim() {
-                "" => "pid unknown".to_owned(),
-                pid => pid.to_owned(),
-            };
-            Err(StoreError::InUse { path: path.to_owned(), holder })
-        }
-        Err(std::fs::TryLockError::Error(e)) => Err(cannot(e)),
-    }
-}
-
 impl Store for SqliteStore {
     fn describe(&self) -> Describe {
-        Describe { system: "sqlite", namespace: self.path.clone(), commit_query: COMMIT_QUERY }
+        Describe { system: "sqlite", namespace: self.path.clone(), commit_query: COMMIT_QUERY, pool_size: 1 }
     }
 
     fn load(&mut self) -> Result<Snapshot, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT image_id, pixels, version, updates FROM images")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
-        })?;
+        let mut stmt = self.conn.prepare("SELECT image_id, pixels, version FROM images")?;
+        let rows =
+            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?)))?;
         let mut images = Vec::new();
         for row in rows {
-            let (id, pixels, version, updates) = row?;
+            let (id, pixels, version) = row?;
             let corrupt = |why: String| StoreError::Corrupt(id.clone(), why);
             images.push(StoredImage {
                 id: ImageId::parse(&id).map_err(|e| corrupt(e.to_string()))?,
                 canvas: Canvas::from_bytes(&pixels).ok_or_else(|| corrupt(format!("{} pixel bytes", pixels.len())))?,
                 generation: 0,
                 version: version as u64,
-                updates: updates as u64,
             });
         }
         let counter = |name: &str| -> Result<u64, StoreError> {
@@ -189,26 +154,18 @@ impl Store for SqliteStore {
         Ok(Snapshot { images, counters })
     }
 
-    fn commit(
-        &mut self,
-        writes: &[Write<'_>],
-        _changes: &[Change<'_>],
-        _notices: &[Notice],
-        counters: Counters,
-    ) -> Result<(), StoreError> {
+    fn commit(&mut self, commit: &Commit<'_>) -> Result<(), StoreError> {
+        let counters = commit.counters;
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
             let mut upsert = tx.prepare_cached(UPSERT)?;
             let mut delete = tx.prepare_cached(DELETE)?;
-            for write in writes {
+            for write in &commit.writes {
                 match write {
                     Write::Upsert(img) => {
-                        upsert.execute(params![
-                            img.id.as_str(),
-                            img.canvas.as_bytes(),
-                            img.version as i64,
-                            img.updates as i64
-                        ])?;
+                        // `updates` keeps the version too, for older builds reading the file.
+                        let version = img.version as i64;
+                        upsert.execute(params![img.id.as_str(), img.canvas.as_bytes(), version, version])?;
                     }
                     Write::Delete(id) => {
                         delete.execute([id.as_str()])?;
@@ -255,6 +212,10 @@ mod tests {
     use super::*;
     use crate::domain::Color;
 
+    fn batch(writes: Vec<Write<'_>>, counters: Counters) -> Commit<'_> {
+        Commit { writes, counters, log: Vec::new() }
+    }
+
     #[test]
     fn commits_survive_reopen_and_deletes_remove() {
         let dir = tempfile::tempdir().unwrap();
@@ -262,27 +223,21 @@ mod tests {
         let path = path.to_str().unwrap();
         let mut canvas = Canvas::default();
         canvas.set(1, 1, Color { r: 0, g: 0, b: 0 });
-        let a = StoredImage { id: ImageId::parse("a").unwrap(), generation: 0, canvas, version: 3, updates: 2 };
-        let b = StoredImage {
-            id: ImageId::parse("b").unwrap(),
-            generation: 0,
-            canvas: Canvas::default(),
-            version: 0,
-            updates: 0,
-        };
+        let a = StoredImage { id: ImageId::parse("a").unwrap(), generation: 0, canvas, version: 3 };
+        let b = StoredImage { id: ImageId::parse("b").unwrap(), generation: 0, canvas: Canvas::default(), version: 0 };
         {
             let mut s = SqliteStore::open(path).unwrap();
             let counters = Counters { images_created: 2, images_deleted: 0 };
-            s.commit(&[Write::Upsert(&a), Write::Upsert(&b)], &[], &[], counters).unwrap();
+            s.commit(&batch(vec![Write::Upsert(&a), Write::Upsert(&b)], counters)).unwrap();
             let counters = Counters { images_created: 2, images_deleted: 1 };
-            s.commit(&[Write::Delete(&b.id)], &[], &[], counters).unwrap();
+            s.commit(&batch(vec![Write::Delete(&b.id)], counters)).unwrap();
         }
         let mut s = SqliteStore::open(path).unwrap();
         let snap = s.load().unwrap();
         assert_eq!(snap.counters, Counters { images_created: 2, images_deleted: 1 });
         assert_eq!(snap.images.len(), 1);
         assert_eq!(snap.images[0].canvas, a.canvas);
-        assert_eq!((snap.images[0].version, snap.images[0].updates), (3, 2));
+        assert_eq!(snap.images[0].version, 3);
         s.ping().unwrap();
     }
 
@@ -298,13 +253,12 @@ mod tests {
                 generation: 0,
                 canvas: Canvas::default(),
                 version: 1,
-                updates: 1,
             })
             .collect();
         let mut commit = |s: &mut SqliteStore, version: u64| {
             images.iter_mut().for_each(|img| img.version = version);
             let writes: Vec<Write<'_>> = images.iter().map(Write::Upsert).collect();
-            s.commit(&writes, &[], &[], Counters::default()).unwrap();
+            s.commit(&batch(writes, Counters::default())).unwrap();
         };
         commit(&mut s, 1);
         assert_eq!(s.maintain().unwrap(), None, "no checkpoint before its time");
@@ -324,26 +278,6 @@ mod tests {
         let loaded = SqliteStore::open(path.to_str().unwrap()).unwrap().load().unwrap();
         assert_eq!(loaded.images.len(), 50);
         assert!(loaded.images.iter().all(|img| img.version == 20));
-    }
-
-    #[test]
-    fn a_second_store_on_the_same_file_is_refused_until_the_first_closes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let path = path.to_str().unwrap();
-        let first = SqliteStore::open(path).unwrap();
-        // Locks of this kind belong to the open file, so a second open in the same process
-        // conflicts just as another process's would.
-        let err = SqliteStore::open(path).err().expect("a second store on the same file");
-        let message = err.to_string();
-        assert!(matches!(err, StoreError::InUse { .. }), "{message}");
-        assert!(message.contains(&format!("pid {}", std::process::id())), "names the holder: {message}");
-        assert!(message.contains(path), "names the database: {message}");
-        drop(first);
-        SqliteStore::open(path).expect("free again once the first store is gone");
-        // An in-memory database shares nothing, so it needs no lock.
-        let _a = SqliteStore::open(":memory:").unwrap();
-        let _b = SqliteStore::open(":memory:").unwrap();
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::telemetry::metrics::{registry_gauge, registry_gauge_u64};
 const RANKED: usize = 10;
 const RANKS: [&str; RANKED] = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
 
-pub fn register(service: &Service) {
+pub fn register(service: &Service, pool_size: usize) {
     let meter = global::meter("draw64");
     let gauge = |name: &'static str, read: fn(&Service) -> u64| {
         let service = service.clone();
@@ -47,7 +47,7 @@ pub fn register(service: &Service) {
         .i64_observable_up_down_counter(semconv::DB_CLIENT_CONNECTION_MAX)
         .with_unit("{connection}")
         .with_description("Most database connections the pool may hold.")
-        .with_callback(|o| o.observe(1, &[KeyValue::new(attr::DB_CLIENT_CONNECTION_POOL_NAME, "draw64-writer")]))
+        .with_callback(move |o| o.observe(pool_size as i64, &[KeyValue::new(attr::DB_CLIENT_CONNECTION_POOL_NAME, "draw64-writer")]))
         .build();
 
     let service = service.clone();
