@@ -1,63 +1,9 @@
-//! Command line and environment: one struct, and `--help` is the manual.
+//! The server's configuration, from flags and environment: one struct, and `--help` is the
+//! manual. (The command line around it, with `draw64 load`, is the binary's: `src/cli.rs`.)
 
 use std::{net::SocketAddr, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "draw64",
-    version,
-    about = "Draw64: a real-time collaborative 64x64 pixel canvas.",
-    long_about = "Draw64: a real-time collaborative 64x64 pixel canvas.\n\n\
-        Serves the web page, the REST API, WebSockets and Server-Sent Events on --listen, storing \
-        images in embedded SQLite (default ./draw64.db). Every option can also be given as the \
-        environment variable shown beside it; a flag wins over the variable.\n\n\
-        Signals: SIGTERM or Ctrl-C starts a graceful drain (/readyz turns 503 at once, requests are \
-        still served with `Connection: close` for --drain-grace, then WebSockets are closed with \
-        1001, pending writes commit and the process exits 0); a second signal exits at once.",
-    args_conflicts_with_subcommands = true
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    #[command(flatten)]
-    pub serve: Config,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Run the server (the default when no subcommand is given).
-    Serve(Config),
-    /// Put load on a running Draw64 (or the bare baseline) and report throughput, latency
-    /// percentiles, delivery and errors.
-    #[command(subcommand)]
-    Load(crate::load::Scenario),
-}
-
-/// What the command line asks for.
-pub enum Action {
-    Serve(Config),
-    Load(crate::load::Scenario),
-}
-
-impl Cli {
-    pub fn into_action(self) -> Action {
-        match self.command {
-            Some(Command::Serve(config)) => Action::Serve(config),
-            Some(Command::Load(scenario)) => Action::Load(scenario),
-            None => Action::Serve(self.serve),
-        }
-    }
-
-    /// The server's configuration (tests start the server in-process with it).
-    pub fn into_config(self) -> Config {
-        match self.into_action() {
-            Action::Serve(config) => config,
-            Action::Load(_) => panic!("`draw64 load` has no server configuration"),
-        }
-    }
-}
+use clap::{Args, Parser, ValueEnum};
 
 #[derive(Args, Debug, Clone)]
 pub struct Config {
@@ -110,6 +56,23 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+impl Config {
+    /// The configuration a `draw64 [serve]` command line gives, e.g. for an in-process server.
+    pub fn try_from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(Parser)]
+        #[command(name = "draw64")]
+        struct Serve {
+            #[command(flatten)]
+            config: Config,
+        }
+        Serve::try_parse_from(args).map(|serve| serve.config)
+    }
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Auto,
@@ -148,16 +111,10 @@ mod tests {
     }
 
     #[test]
-    fn serve_is_the_default_subcommand() {
-        let cli = Cli::try_parse_from(["draw64", "--listen", "127.0.0.1:0"]).unwrap();
-        assert_eq!(cli.into_config().listen.port(), 0);
-        let cli = Cli::try_parse_from(["draw64", "serve", "--max-images", "3"]).unwrap();
-        assert_eq!(cli.into_config().max_images, 3);
-    }
-
-    #[test]
-    fn help_is_well_formed() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
+    fn flags_and_defaults() {
+        let config = Config::try_from_args(["draw64", "--listen", "127.0.0.1:0", "--max-images", "3"]).unwrap();
+        assert_eq!((config.listen.port(), config.max_images, config.max_total_images), (0, 3, 1000));
+        let err = Config::try_from_args(["draw64", "--database", "mysql://x"]).err().unwrap();
+        assert!(err.to_string().contains("sqlite://PATH"), "{err}");
     }
 }

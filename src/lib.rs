@@ -19,7 +19,6 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod lifecycle;
-pub mod load;
 pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -1,22 +1,22 @@
 use std::process::ExitCode;
 
+mod cli;
+
 use clap::Parser;
-use draw64::{
-    App,
-    config::{Action, Cli},
-    lifecycle, telemetry,
-};
+use cli::{Action, Cli};
+use draw64::{App, lifecycle, telemetry};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Both the server and the load tool hold thousands of sockets.
+    lifecycle::raise_fd_limit();
     let config = match Cli::parse().into_action() {
         Action::Serve(config) => config,
-        Action::Load(scenario) => return draw64::load::main(scenario).await,
+        Action::Load(scenario) => return draw64_load::main(scenario).await,
     };
-    lifecycle::raise_fd_limit();
     let signals = match lifecycle::Signals::install() {
         Ok(signals) => signals,
         Err(e) => {

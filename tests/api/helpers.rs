@@ -9,8 +9,7 @@ use std::{
     time::Duration,
 };
 
-use clap::Parser;
-use draw64::{App, config::Cli};
+use draw64::{App, Config};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::{net::TcpStream, sync::oneshot};
@@ -41,7 +40,7 @@ pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
 pub async fn spawn_app_on(db: &str, flags: &[&str], dir: tempfile::TempDir) -> TestApp {
     let mut args = vec!["draw64", "--listen", "127.0.0.1:0", "--database", db, "--drain-grace", "0"];
     args.extend_from_slice(flags);
-    let config = Cli::try_parse_from(args).unwrap().into_config();
+    let config = Config::try_from_args(args).unwrap();
     let app = App::build(&config, None).await.unwrap();
     let addr = app.local_addr();
     let (stop, stopped) = oneshot::channel::<()>();

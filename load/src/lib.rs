@@ -20,13 +20,28 @@ use clap::{Args, Subcommand};
 
 pub use report::Report;
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_the_server_reads_them() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct Common {
     /// Base URL of the server under load.
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     pub url: String,
     /// How long to run (load phase; a short settling wait may follow).
-    #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Print one JSON line instead of text.
     #[arg(long)]
@@ -77,7 +92,7 @@ pub enum Scenario {
         #[arg(long, default_value_t = 1000)]
         users: usize,
         /// Print a line of figures every this often (for steady-state runs).
-        #[arg(long, value_parser = crate::config::parse_duration)]
+        #[arg(long, value_parser = parse_duration)]
         every: Option<Duration>,
     },
     /// C open WebSockets held idle; with --pid, the server's memory per socket.
@@ -89,9 +104,9 @@ pub enum Scenario {
     },
 }
 
-/// Runs a scenario and prints its report; answers the process exit code.
+/// Runs a scenario and prints its report; answers the process exit code. (Thousands of sockets
+/// need a high open-file limit: the caller raises it.)
 pub async fn main(scenario: Scenario) -> std::process::ExitCode {
-    crate::lifecycle::raise_fd_limit();
     let (common, result) = match &scenario {
         Scenario::Put { common, connections, requests } => (common, put::run(common, *connections, *requests).await),
         Scenario::Fanout { common, subscribers, rate, writers, write_urls } => {
@@ -114,6 +129,24 @@ pub async fn main(scenario: Scenario) -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `10s`, `500ms`, `2m` or a bare number of seconds, as the server's flags take them.
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(raw.len());
+    let seconds_per_unit = match &raw[split..] {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        unit => return Err(format!("unknown unit {unit:?} in {raw:?}: use s, ms or m")),
+    };
+    raw[..split]
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|n| Duration::try_from_secs_f64(n * seconds_per_unit).ok())
+        .ok_or_else(|| format!("{raw:?} is not a duration like 10s, 500ms or 2m"))
 }
 
 /// A progress bar on a terminal (hidden otherwise), counting seconds of the load phase.

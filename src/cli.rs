@@ -1,0 +1,73 @@
+//! The command line: `draw64 [serve] [FLAGS]` runs the server, `draw64 load SCENARIO` the load
+//! tool (a crate of its own, `draw64-load`, which the server library never links).
+
+use clap::{Parser, Subcommand};
+use draw64::Config;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "draw64",
+    version,
+    about = "Draw64: a real-time collaborative 64x64 pixel canvas.",
+    long_about = "Draw64: a real-time collaborative 64x64 pixel canvas.\n\n\
+        Serves the web page, the REST API, WebSockets and Server-Sent Events on --listen, storing \
+        images in embedded SQLite (default ./draw64.db). Every option can also be given as the \
+        environment variable shown beside it; a flag wins over the variable.\n\n\
+        Signals: SIGTERM or Ctrl-C starts a graceful drain (/readyz turns 503 at once, requests are \
+        still served with `Connection: close` for --drain-grace, then WebSockets are closed with \
+        1001, pending writes commit and the process exits 0); a second signal exits at once.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Config,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (the default when no subcommand is given).
+    Serve(Config),
+    /// Put load on a running Draw64 (or the bare baseline) and report throughput, latency
+    /// percentiles, delivery and errors.
+    #[command(subcommand)]
+    Load(draw64_load::Scenario),
+}
+
+/// What the command line asks for.
+pub enum Action {
+    Serve(Config),
+    Load(draw64_load::Scenario),
+}
+
+impl Cli {
+    pub fn into_action(self) -> Action {
+        match self.command {
+            Some(Command::Serve(config)) => Action::Serve(config),
+            Some(Command::Load(scenario)) => Action::Load(scenario),
+            None => Action::Serve(self.serve),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_is_the_default_subcommand() {
+        let cli = Cli::try_parse_from(["draw64", "--listen", "127.0.0.1:0"]).unwrap();
+        assert!(matches!(cli.into_action(), Action::Serve(config) if config.listen.port() == 0));
+        let cli = Cli::try_parse_from(["draw64", "serve", "--max-images", "3"]).unwrap();
+        assert!(matches!(cli.into_action(), Action::Serve(config) if config.max_images == 3));
+        let cli = Cli::try_parse_from(["draw64", "load", "put", "--duration", "2s"]).unwrap();
+        assert!(matches!(cli.into_action(), Action::Load(draw64_load::Scenario::Put { .. })));
+    }
+
+    #[test]
+    fn help_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
