@@ -25,6 +25,8 @@ pub struct Cli {
     serve: Config,
 }
 
+// Parsed once per process: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server (the default when no subcommand is given).
@@ -36,6 +38,7 @@ enum Command {
 }
 
 /// What the command line asks for.
+#[allow(clippy::large_enum_variant)]
 pub enum Action {
     Serve(Config),
     Load(draw64_load::Scenario),

@@ -15,8 +15,7 @@ use axum::{
 use std::sync::OnceLock;
 
 use opentelemetry::{
-    KeyValue,
-    global,
+    KeyValue, global,
     propagation::Extractor,
     trace::{FutureExt as _, Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _},
 };

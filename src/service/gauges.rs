@@ -47,7 +47,9 @@ pub fn register(service: &Service, pool_size: usize) {
         .i64_observable_up_down_counter(semconv::DB_CLIENT_CONNECTION_MAX)
         .with_unit("{connection}")
         .with_description("Most database connections the pool may hold.")
-        .with_callback(move |o| o.observe(pool_size as i64, &[KeyValue::new(attr::DB_CLIENT_CONNECTION_POOL_NAME, "draw64-writer")]))
+        .with_callback(move |o| {
+            o.observe(pool_size as i64, &[KeyValue::new(attr::DB_CLIENT_CONNECTION_POOL_NAME, "draw64-writer")])
+        })
         .build();
 
     let service = service.clone();

@@ -28,8 +28,8 @@ pub use fanout::{EventText, Outgoing, RESYNC, SUBSCRIBER_BACKLOG};
 pub use image::Delivery;
 pub use presence::{PRESENCE_TTL, Presence};
 pub use replica::Replica;
-pub use state::{Announcement, CatchUp};
 use state::State;
+pub use state::{Announcement, CatchUp};
 use sync::lock;
 use writer::{Job, Op, Writer};
 
@@ -113,12 +113,8 @@ impl Service {
             Err(_) => return Err(StoreError::Unusable("the writer thread stopped while loading".into())),
         }
         let replica = requests.map(|requests| Replica::new(state.clone(), requests));
-        let service = Self {
-            ops,
-            state,
-            writer: Arc::new(Mutex::new(Some(handle))),
-            replica: Arc::new(Mutex::new(replica)),
-        };
+        let service =
+            Self { ops, state, writer: Arc::new(Mutex::new(Some(handle))), replica: Arc::new(Mutex::new(replica)) };
         gauges::register(&service, pool_size);
         Ok(service)
     }

@@ -252,7 +252,14 @@ impl State {
 
     /// Makes an image live unless one of that generation already is; a live namesake of
     /// another generation (deleted and re-created) is replaced. Answers whether it did.
-    pub(super) fn add_image(&self, id: &ImageId, generation: u64, canvas: Canvas, version: u64, announce: Announce) -> bool {
+    pub(super) fn add_image(
+        &self,
+        id: &ImageId,
+        generation: u64,
+        canvas: Canvas,
+        version: u64,
+        announce: Announce,
+    ) -> bool {
         let replaced = {
             let mut images = write(&self.images);
             if images.get(id).is_some_and(|live| live.generation == generation) {

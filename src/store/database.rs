@@ -9,7 +9,7 @@ pub enum Database {
     Sqlite(String),
     /// Shared by any number of instances, with a bus between them.
     #[cfg(feature = "postgres")]
-    Postgres(tokio_postgres::Config),
+    Postgres(Box<tokio_postgres::Config>),
 }
 
 impl Database {
@@ -37,7 +37,7 @@ impl FromStr for Database {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             #[cfg(feature = "postgres")]
             return tokio_postgres::Config::from_str(url)
-                .map(Database::Postgres)
+                .map(|config| Database::Postgres(Box::new(config)))
                 .map_err(|e| format!("invalid PostgreSQL URL: {e}"));
             #[cfg(not(feature = "postgres"))]
             return Err("this build has no PostgreSQL store (feature `postgres`)".into());
@@ -62,7 +62,13 @@ impl fmt::Debug for Database {
                         tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
                     })
                     .collect();
-                write!(f, "postgres://{}@{}/{}", config.get_user().unwrap_or(""), hosts.join(","), config.get_dbname().unwrap_or(""))
+                write!(
+                    f,
+                    "postgres://{}@{}/{}",
+                    config.get_user().unwrap_or(""),
+                    hosts.join(","),
+                    config.get_dbname().unwrap_or("")
+                )
             }
         }
     }

@@ -111,8 +111,10 @@ impl Instrumented {
     }
 
     fn record(&self, operation: &'static str, took: Duration, error: Option<&'static str>) {
-        let mut attrs =
-            vec![KeyValue::new(attr::DB_SYSTEM_NAME, self.db.system), KeyValue::new(attr::DB_OPERATION_NAME, operation)];
+        let mut attrs = vec![
+            KeyValue::new(attr::DB_SYSTEM_NAME, self.db.system),
+            KeyValue::new(attr::DB_OPERATION_NAME, operation),
+        ];
         if let Some(e) = error {
             attrs.push(KeyValue::new(attr::ERROR_TYPE, e));
         }

@@ -15,10 +15,10 @@ mod host;
 mod logs;
 pub mod metrics;
 pub mod propagation;
-pub mod span;
 pub mod registry;
 mod resource;
 pub mod settings;
+pub mod span;
 
 use std::{io::IsTerminal, net::SocketAddr};
 

@@ -71,8 +71,14 @@ impl Follower {
                 None => self.sweep(client).await,
             },
             Notice::Created(_) | Notice::Deleted(_) => self.sweep(client).await,
-            Notice::Presence(users) => Ok(self.replica.remote_users(from, Some(users))),
-            Notice::Goodbye => Ok(self.replica.remote_users(from, None)),
+            Notice::Presence(users) => {
+                self.replica.remote_users(from, Some(users));
+                Ok(())
+            }
+            Notice::Goodbye => {
+                self.replica.remote_users(from, None);
+                Ok(())
+            }
         }
     }
 
@@ -133,14 +139,24 @@ impl Follower {
                 opentelemetry::Context::new().with_remote_span_context(sc)
             });
             let text = event::image_updated(id, &command).into();
-            self.replica.deliver(id, generation, Delivery { version: change.version, command, text, committed_at: received, cx });
+            self.replica.deliver(
+                id,
+                generation,
+                Delivery { version: change.version, command, text, committed_at: received, cx },
+            );
         }
         Ok(())
     }
 
     /// The next version after `from` is not in the log: if it never will be (pruned), start
     /// again from the stored image.
-    async fn reload_if_pruned(&self, client: &Client, id: &ImageId, generation: u64, from: u64) -> Result<(), StoreError> {
+    async fn reload_if_pruned(
+        &self,
+        client: &Client,
+        id: &ImageId,
+        generation: u64,
+        from: u64,
+    ) -> Result<(), StoreError> {
         let Some(stored) = store::image(client, id, generation).await? else { return Ok(()) };
         // The two reads are two snapshots: a change committed between them makes the image
         // newer than an (empty) answer from the log without anything being pruned. Pruned

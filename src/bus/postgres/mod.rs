@@ -185,7 +185,11 @@ impl Listener {
         self.follower.say_presence(client).await
     }
 
-    async fn follow(&mut self, client: &tokio_postgres::Client, notices: &mut mpsc::UnboundedReceiver<String>) -> SessionEnd {
+    async fn follow(
+        &mut self,
+        client: &tokio_postgres::Client,
+        notices: &mut mpsc::UnboundedReceiver<String>,
+    ) -> SessionEnd {
         let mut tick = tokio::time::interval(follow::TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut prune = tokio::time::interval(follow::PRUNE_EVERY);

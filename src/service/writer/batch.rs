@@ -223,7 +223,12 @@ mod tests {
     fn working(images: &[&str], max_images: usize, max_total_images: usize) -> Working {
         let images = images
             .iter()
-            .map(|id| StoredImage { id: ImageId::parse(id).unwrap(), generation: 1, canvas: Default::default(), version: 0 })
+            .map(|id| StoredImage {
+                id: ImageId::parse(id).unwrap(),
+                generation: 1,
+                canvas: Default::default(),
+                version: 0,
+            })
             .collect();
         Working::new(images, Counters::default(), Limits { max_images, max_total_images }, fastrand::Rng::with_seed(1))
     }
@@ -232,7 +237,11 @@ mod tests {
         ImageId::parse(s).unwrap()
     }
 
-    fn create(w: &mut Working, undo: &mut Undo, name: Option<&str>) -> (Staged, oneshot::Receiver<Result<ImageId, ServiceError>>) {
+    fn create(
+        w: &mut Working,
+        undo: &mut Undo,
+        name: Option<&str>,
+    ) -> (Staged, oneshot::Receiver<Result<ImageId, ServiceError>>) {
         let (reply, rx) = oneshot::channel();
         (w.stage(Op::Create { id: name.map(id), reply }, undo), rx)
     }
@@ -288,7 +297,10 @@ mod tests {
         let picked = picked.clone();
         // Another instance created that very id before this batch locked it.
         let taken = StoredImage { id: picked.clone(), generation: 9, canvas: Default::default(), version: 0 };
-        w.refresh(std::slice::from_ref(&picked), Locked { images: vec![taken], global: Some((Counters::default(), 1)) });
+        w.refresh(
+            std::slice::from_ref(&picked),
+            Locked { images: vec![taken], global: Some((Counters::default(), 1)) },
+        );
         let mut undo = w.begin();
         let Staged::Created { id: got, .. } = w.stage(ops.pop().unwrap(), &mut undo) else { panic!("created") };
         assert_ne!(got, picked);
@@ -307,7 +319,10 @@ mod tests {
         assert!(matches!(create(&mut w, &mut undo, Some("brief")).0, Staged::Created { .. }));
         let (reply, _rx) = oneshot::channel();
         let command = Command::ClearCanvas;
-        assert!(matches!(w.stage(Op::Apply { id: id("brief"), command, reply }, &mut undo), Staged::Applied { version: 1, .. }));
+        assert!(matches!(
+            w.stage(Op::Apply { id: id("brief"), command, reply }, &mut undo),
+            Staged::Applied { version: 1, .. }
+        ));
         let (reply, _rx) = oneshot::channel();
         assert!(matches!(w.stage(Op::Delete { id: id("brief"), reply }, &mut undo), Staged::Deleted { .. }));
         let writes = w.writes(&undo);
@@ -331,7 +346,9 @@ mod tests {
         assert_eq!(w.counters(), Counters::default());
         let mut undo = w.begin();
         let (reply, _rx) = oneshot::channel();
-        let Staged::Applied { version, .. } = w.stage(Op::Apply { id: id("a"), command: Command::ClearCanvas, reply }, &mut undo) else {
+        let Staged::Applied { version, .. } =
+            w.stage(Op::Apply { id: id("a"), command: Command::ClearCanvas, reply }, &mut undo)
+        else {
             panic!("applied")
         };
         assert_eq!(version, 1, "the undone version is given again");

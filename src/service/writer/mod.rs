@@ -37,13 +37,28 @@ pub type Reply<T> = oneshot::Sender<Result<T, ServiceError>>;
 
 pub enum Op {
     /// `POST /images[/{id}]`: subject to the active-image limit. `None` picks a random id.
-    Create { id: Option<ImageId>, reply: Reply<ImageId> },
+    Create {
+        id: Option<ImageId>,
+        reply: Reply<ImageId>,
+    },
     /// WebSocket connect: creates the image if missing (capped by the total limit); answers
     /// whether it was created.
-    Ensure { id: ImageId, reply: Reply<bool> },
-    Apply { id: ImageId, command: Command, reply: Reply<()> },
-    Delete { id: ImageId, reply: Reply<()> },
-    Ping { reply: Reply<()> },
+    Ensure {
+        id: ImageId,
+        reply: Reply<bool>,
+    },
+    Apply {
+        id: ImageId,
+        command: Command,
+        reply: Reply<()>,
+    },
+    Delete {
+        id: ImageId,
+        reply: Reply<()>,
+    },
+    Ping {
+        reply: Reply<()>,
+    },
     /// Commit what came before, then exit; later callers get `ServiceError::Stopped`.
     Stop,
 }
@@ -252,7 +267,10 @@ mod tests {
             job(Op::Delete { id: kept.clone(), reply: gone }),
         ]);
         for answer in [drawn_rx.await.unwrap(), gone_rx.await.unwrap()] {
-            assert!(matches!(answer, Err(ServiceError::Unavailable(ref e)) if e.contains("disk on fire")), "{answer:?}");
+            assert!(
+                matches!(answer, Err(ServiceError::Unavailable(ref e)) if e.contains("disk on fire")),
+                "{answer:?}"
+            );
         }
         assert!(made_rx.await.unwrap().is_err());
         // Nothing of it is visible, nothing was stored, and no event went out.

@@ -49,7 +49,8 @@ impl Rows {
                     rows.versions.push(*version as i64);
                     rows.commands.push(body);
                     rows.parents.push(traceparent(trace));
-                    let notice = Notice::Updated { image: (*image).clone(), generation: *generation, version: *version };
+                    let notice =
+                        Notice::Updated { image: (*image).clone(), generation: *generation, version: *version };
                     match latest.get(image) {
                         Some(&at) => notices[at] = notice,
                         None => {
@@ -115,7 +116,12 @@ pub async fn image(client: &Client, id: &ImageId, generation: u64) -> Result<Opt
 }
 
 /// The logged changes of `id` after version `from`, in version order (at most `CATCH_UP_LIMIT`).
-pub async fn changes_after(client: &Client, id: &ImageId, generation: u64, from: u64) -> Result<Vec<Change>, StoreError> {
+pub async fn changes_after(
+    client: &Client,
+    id: &ImageId,
+    generation: u64,
+    from: u64,
+) -> Result<Vec<Change>, StoreError> {
     let params: [&(dyn ToSql + Sync); 4] = [&id.as_str(), &(generation as i64), &(from as i64), &CATCH_UP_LIMIT];
     let rows = client.query(schema::CHANGES_AFTER, &params).await?;
     rows.iter()

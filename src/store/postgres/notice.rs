@@ -8,7 +8,11 @@ use crate::domain::ImageId;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notice {
     /// The image's newest committed version (one per image and batch).
-    Updated { image: ImageId, generation: u64, version: u64 },
+    Updated {
+        image: ImageId,
+        generation: u64,
+        version: u64,
+    },
     Created(ImageId),
     Deleted(ImageId),
     /// The sender's connected users (a heartbeat).
@@ -79,7 +83,18 @@ mod tests {
 
     #[test]
     fn malformed_payloads_are_refused() {
-        for payload in ["", "u", "u me", "u me cat 1", "u me cat x 2", "u me bad/id 1 2", "c me", "p me many", "x me", "q me extra"] {
+        for payload in [
+            "",
+            "u",
+            "u me",
+            "u me cat 1",
+            "u me cat x 2",
+            "u me bad/id 1 2",
+            "c me",
+            "p me many",
+            "x me",
+            "q me extra",
+        ] {
             assert!(decode(payload).is_err(), "{payload:?}");
         }
     }

@@ -48,7 +48,8 @@ macro_rules! image_columns {
 }
 
 pub const ALL_IMAGES: &str = concat!("SELECT ", image_columns!(), " FROM images");
-pub const ONE_IMAGE: &str = concat!("SELECT ", image_columns!(), " FROM images WHERE image_id = $1 AND generation = $2");
+pub const ONE_IMAGE: &str =
+    concat!("SELECT ", image_columns!(), " FROM images WHERE image_id = $1 AND generation = $2");
 pub const LOCK_IMAGES: &str =
     concat!("SELECT ", image_columns!(), " FROM images WHERE image_id = ANY($1) ORDER BY image_id FOR UPDATE");
 pub const VERSIONS: &str = "SELECT image_id, generation, version FROM images";
@@ -98,8 +99,5 @@ pub fn image_from_row(row: &Row) -> Result<StoredImage, StoreError> {
 
 /// Reads the counters row (`COUNTERS`, `LOCK_COUNTERS`).
 pub fn counters_from_row(row: &Row) -> Result<Counters, StoreError> {
-    Ok(Counters {
-        images_created: row.try_get::<_, i64>(0)? as u64,
-        images_deleted: row.try_get::<_, i64>(1)? as u64,
-    })
+    Ok(Counters { images_created: row.try_get::<_, i64>(0)? as u64, images_deleted: row.try_get::<_, i64>(1)? as u64 })
 }

@@ -37,7 +37,6 @@ pub(super) fn claim(path: &str) -> Result<Option<std::fs::File>, StoreError> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::super::SqliteStore;
@@ -62,5 +61,4 @@ mod tests {
         let _a = SqliteStore::open(":memory:").unwrap();
         let _b = SqliteStore::open(":memory:").unwrap();
     }
-
 }

@@ -1,0 +1,73 @@
+//! How a socket ends: the RFC 6455 close codes Draw64 sends, why each socket ended (for the
+//! disconnections metric and the close span), and the close frame itself.
+
+use std::pin::Pin;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::SinkExt;
+
+use super::Sink;
+use crate::{domain::ImageId, telemetry::metrics};
+
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_TOO_BIG: u16 = 1009;
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+/// Draw64's own code (4000–4999 are for applications): the image was deleted.
+pub const CLOSE_IMAGE_DELETED: u16 = 4404;
+
+/// Why a socket ended.
+#[derive(Clone, Copy)]
+pub enum Ended {
+    Client,
+    Lagged,
+    Deleted,
+    Shutdown,
+    TooBig,
+    Silent,
+    Error,
+}
+
+impl Ended {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ended::Client => "client",
+            Ended::Lagged => "lagged",
+            Ended::Deleted => "deleted",
+            Ended::Shutdown => "shutdown",
+            Ended::TooBig => "too_big",
+            Ended::Silent => "silent",
+            Ended::Error => "error",
+        }
+    }
+}
+
+/// Sends a close frame and answers `ended`. Boxed: it happens once per socket, and inline its
+/// future would make every idle socket's task larger.
+pub fn close<'a>(
+    sink: &'a mut Sink,
+    code: u16,
+    reason: &str,
+    ended: Ended,
+) -> Pin<Box<dyn Future<Output = Ended> + Send + 'a>> {
+    let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
+    Box::pin(async move {
+        let _ = sink.send(Message::Close(Some(frame))).await;
+        let _ = sink.close().await;
+        ended
+    })
+}
+
+/// A subscriber `missed` events behind: told to reconnect and reload rather than buffered.
+pub async fn lagged(sink: &mut Sink, id: &ImageId, missed: u64) -> Ended {
+    tracing::info!(image_id = %id, missed, "subscriber lagged; closing it");
+    metrics().subscriber_lagged.add(1, &[]);
+    let reason = format!("Fell {missed} events behind; reconnect and reload the image.");
+    close(sink, CLOSE_TRY_AGAIN_LATER, &reason, Ended::Lagged).await
+}
+
+/// Whether a read failed because the client's message passed the size limit.
+pub fn is_too_big(e: &axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::{Error, error::CapacityError};
+    let cause = std::error::Error::source(e).and_then(|cause| cause.downcast_ref::<Error>());
+    matches!(cause, Some(Error::Capacity(CapacityError::MessageTooLong { .. })))
+}

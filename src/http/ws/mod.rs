@@ -1,0 +1,277 @@
+//! `GET /ws/images/{image_id}`: one task per socket. It forwards the image's shared event texts
+//! to the client and submits the client's commands (`command`), answering a bad frame with an
+//! error event. A client that falls `SUBSCRIBER_BACKLOG` events behind is closed with 1013 (try
+//! again later) rather than buffered without bound; the page then reconnects and reloads the
+//! image (`close`).
+
+mod close;
+mod command;
+
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{
+        Path, State,
+        rejection::PathRejection,
+        ws::{Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
+    },
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use futures_util::{
+    SinkExt, StreamExt,
+    stream::{SplitSink, SplitStream},
+};
+use opentelemetry::{KeyValue, trace::TraceContextExt as _};
+use tokio::sync::broadcast::{
+    self,
+    error::{RecvError, TryRecvError},
+};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+pub use self::close::{CLOSE_GOING_AWAY, CLOSE_IMAGE_DELETED, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN_LATER};
+use self::{
+    close::{Ended, close, is_too_big, lagged},
+    command::{Origin, Pending},
+};
+use super::{AppState, error::ApiError};
+use crate::{
+    domain::{ImageId, event},
+    service::{Outgoing, RESYNC},
+    telemetry::metrics,
+};
+
+/// Events written to a socket with one flush, at most.
+const SEND_BATCH: usize = 64;
+
+/// Commands one client may have queued before its socket stops being read.
+const MAX_IN_FLIGHT: usize = 256;
+
+/// Initial read buffer of a socket, and the most read from it at once. Commands are a few dozen
+/// bytes; a larger one is read in several calls. Tungstenite zero-fills this much before every
+/// read attempt, and a subscriber's task attempts one each time it is woken for an event, so it
+/// is kept small: 1 KiB instead of 4 KiB took idle sockets from 7.5 to 4.3 KB each.
+const READ_BUFFER: usize = 1024;
+
+/// Largest frame or message a client may send (close 1009 beyond).
+const MAX_MESSAGE: usize = 1 << 20;
+
+pub async fn upgrade(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let id = match path.map_err(ApiError::from).and_then(|Path(raw)| Ok(ImageId::parse(&raw)?)) {
+        Ok(id) => id,
+        Err(e) => {
+            let detail = crate::http::error::Detail { detail: e.to_string() };
+            return (StatusCode::FORBIDDEN, axum::Json(detail)).into_response();
+        }
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            let detail =
+                crate::http::error::Detail { detail: format!("WebSocket handshake required: {}", e.body_text()) };
+            return (e.status(), axum::Json(detail)).into_response();
+        }
+    };
+    let created = match app.service.ensure(id.clone()).await {
+        Ok(created) => created,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    // Frames here are small (a command is tens of bytes): a 1 KiB read buffer instead of
+    // tungstenite's 128 KiB keeps an idle socket at a few KB (larger messages still grow it).
+    ws.max_message_size(MAX_MESSAGE)
+        .max_frame_size(MAX_MESSAGE)
+        .read_buffer_size(READ_BUFFER)
+        // Split here, not inside the task: the socket then lives once, on the heap, rather
+        // than also in the long-lived task's state.
+        .on_upgrade(move |socket| {
+            let (sink, stream) = socket.split();
+            session(sink, stream, id, created, app)
+        })
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+fn count_out(kind: &'static str, n: u64) {
+    metrics()
+        .ws_messages
+        .add(n, &[KeyValue::new("draw64.direction", "out"), KeyValue::new("draw64.message.type", kind)]);
+}
+
+fn count_in(kind: &'static str) {
+    metrics()
+        .ws_messages
+        .add(1, &[KeyValue::new("draw64.direction", "in"), KeyValue::new("draw64.message.type", kind)]);
+}
+
+async fn session(sink: Sink, stream: SplitStream<WebSocket>, id: ImageId, created: bool, app: AppState) {
+    let session_id = format!("{:016x}", fastrand::u64(..));
+    let opened = Instant::now();
+    // Short spans for the connect and the close; none held open for the socket's lifetime,
+    // so an idle socket costs no tracing state. Commands link back to the connect.
+    let connect = tracing::info_span!("ws connect", otel.name = "ws connect", otel.kind = "server");
+    connect.set_attribute("draw64.image.id", id.to_string());
+    connect.set_attribute("draw64.ws.session_id", session_id.clone());
+    connect.set_attribute("draw64.image.created", created);
+    let connect_cx = connect.context().span().span_context().clone();
+    drop(connect);
+
+    metrics().ws_connections.add(1, &[]);
+    let _presence = app.service.join(&id, created);
+    let origin = Origin { image: &id, session_id: &session_id, connect: &connect_cx };
+    let ended = run(sink, stream, &origin, &app).await;
+    metrics().ws_connections.add(-1, &[]);
+    metrics().ws_disconnections.add(1, &[KeyValue::new("draw64.close.reason", ended.as_str())]);
+
+    let close = tracing::info_span!("ws close", otel.name = "ws close", otel.kind = "server");
+    close.add_link(connect_cx);
+    close.set_attribute("draw64.image.id", id.to_string());
+    close.set_attribute("draw64.ws.session_id", session_id);
+    close.set_attribute("draw64.close.reason", ended.as_str());
+    close.set_attribute("draw64.ws.duration", opened.elapsed().as_secs_f64());
+}
+
+/// The socket's loop: shutdown first, then events out, command outcomes, frames in, pings.
+async fn run(mut sink: Sink, mut stream: SplitStream<WebSocket>, origin: &Origin<'_>, app: &AppState) -> Ended {
+    let id = origin.image;
+    let Some(mut events) = app.service.subscribe(id) else {
+        // Deleted between the handshake and now.
+        return close(&mut sink, CLOSE_IMAGE_DELETED, "Image deleted.", Ended::Deleted).await;
+    };
+    let closing = app.lifecycle.closing();
+    tokio::pin!(closing);
+    let interval = app.ws_ping_interval;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let mut last_heard = Instant::now();
+    // Commands queued to the writer and not answered yet, oldest first. A client may pipeline
+    // commands: each still commits before its echo, and they keep the order it sent them in.
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+
+    loop {
+        let step = tokio::select! {
+            biased;
+            _ = &mut closing => {
+                return close(&mut sink, CLOSE_GOING_AWAY, "Server shutting down; reconnect.", Ended::Shutdown).await;
+            }
+            event = events.recv() => match event {
+                Ok(event) if event.kind == RESYNC => {
+                    let reason = "The image was reloaded; reconnect and reload it.";
+                    return close(&mut sink, CLOSE_TRY_AGAIN_LATER, reason, Ended::Lagged).await;
+                }
+                Ok(event) => forward(&mut sink, &mut events, event, id).await,
+                Err(RecvError::Lagged(missed)) => return lagged(&mut sink, id, missed).await,
+                Err(RecvError::Closed) => {
+                    return close(&mut sink, CLOSE_IMAGE_DELETED, "Image deleted.", Ended::Deleted).await;
+                }
+            },
+            // The oldest command's outcome (the writer answers in order): refusals go back
+            // to this client only.
+            outcome = async { pending.front_mut().expect("guarded by the condition").as_mut().await }, if !pending.is_empty() => {
+                pending.pop_front();
+                match outcome {
+                    Some(detail) => send_error(&mut sink, &detail).await,
+                    None => Ok(()),
+                }
+            }
+            // Stops reading while too many of this client's commands are in flight: backpressure.
+            frame = stream.next(), if pending.len() < MAX_IN_FLIGHT => {
+                last_heard = Instant::now();
+                on_frame(&mut sink, frame, &mut pending, origin, app).await
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > interval * 2 + Duration::from_secs(1) {
+                    tracing::info!(image_id = %id, "WebSocket client silent for two ping intervals; dropping it");
+                    return Ended::Silent;
+                }
+                sink.send(Message::Ping(Default::default())).await.map_err(|_| Ended::Error)
+            }
+        };
+        if let Err(ended) = step {
+            return ended;
+        }
+    }
+}
+
+/// Sends `first` and every event already waiting behind it (up to `SEND_BATCH`), in one write.
+/// The metrics are recorded once per write, not per event: at a million events a second
+/// per-event recording was a tenth of the server's time. The latency sample is the oldest
+/// event's, the worst of the write.
+async fn forward(
+    sink: &mut Sink,
+    events: &mut broadcast::Receiver<Outgoing>,
+    first: Outgoing,
+    id: &ImageId,
+) -> Result<(), Ended> {
+    metrics().fanout_latency.record(first.committed_at.elapsed().as_secs_f64(), &[]);
+    let (mut kind, mut run) = (first.kind, 0);
+    let mut next = Some(first);
+    let mut batched = 0;
+    while let Some(event) = next.take() {
+        if event.kind != kind {
+            count_out(kind, run);
+            (kind, run) = (event.kind, 0);
+        }
+        run += 1;
+        sink.feed(Message::Text(event.text)).await.map_err(|_| Ended::Error)?;
+        batched += 1;
+        if batched < SEND_BATCH {
+            next = match events.try_recv() {
+                Ok(event) if event.kind != RESYNC => Some(event),
+                Err(TryRecvError::Lagged(missed)) => {
+                    let _ = sink.flush().await;
+                    return Err(Box::pin(lagged(sink, id, missed)).await);
+                }
+                // A resync (left for `recv` to handle), or nothing waiting.
+                _ => None,
+            };
+        }
+    }
+    count_out(kind, run);
+    sink.flush().await.map_err(|_| Ended::Error)
+}
+
+/// One frame from the client: a command is queued (its outcome joins `pending`), anything
+/// else answered or ended.
+async fn on_frame(
+    sink: &mut Sink,
+    frame: Option<Result<Message, axum::Error>>,
+    pending: &mut VecDeque<Pending>,
+    origin: &Origin<'_>,
+    app: &AppState,
+) -> Result<(), Ended> {
+    match frame {
+        Some(Ok(Message::Text(text))) => {
+            // Boxed: parsing and queueing is a large future, alive only briefly; an idle
+            // socket's task stays small without it.
+            match Box::pin(command::handle(app, origin, text.as_bytes())).await {
+                Ok(outcome) => {
+                    pending.push_back(outcome);
+                    Ok(())
+                }
+                Err(detail) => send_error(sink, &detail).await,
+            }
+        }
+        Some(Ok(Message::Binary(_))) => {
+            count_in("binary");
+            send_error(sink, "Binary frames are not accepted; send the command as JSON text.").await
+        }
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+        Some(Ok(Message::Close(_))) | None => Err(Ended::Client),
+        Some(Err(e)) if is_too_big(&e) => {
+            Err(close(sink, CLOSE_TOO_BIG, "Message larger than 1 MiB.", Ended::TooBig).await)
+        }
+        Some(Err(_)) => Err(Ended::Error),
+    }
+}
+
+/// An error event for this client only.
+async fn send_error(sink: &mut Sink, detail: &str) -> Result<(), Ended> {
+    count_out("error", 1);
+    sink.send(Message::Text(event::error(detail).into())).await.map_err(|_| Ended::Error)
+}
