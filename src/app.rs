@@ -84,8 +84,8 @@ impl App {
         let bus = state.bus.clone();
         if let Some(metrics) = metrics_listener {
             tracing::info!(address = %metrics.local_addr()?, "metrics listening");
-            let server =
-                axum::serve(metrics, http::metrics::router(state.clone())).with_graceful_shutdown(lifecycle.closing());
+            let server = axum::serve(metrics, http::metrics_port::router(state.clone()))
+                .with_graceful_shutdown(lifecycle.closing());
             tokio::spawn(async move {
                 if let Err(e) = server.await {
                     tracing::error!(error = %e, "metrics server failed");

@@ -1,5 +1,7 @@
 //! The one mapping from errors to HTTP: a status and `{"detail": "..."}`. Internals never
-//! leak: storage errors are logged in full and answered in short.
+//! leak: a storage error is answered in short, and its cause rides on the response (`Fault`)
+//! to the middleware that logs it once, with the request's trace. The conversion itself has
+//! no side effect.
 
 use axum::{
     Json,
@@ -41,6 +43,14 @@ impl From<axum::extract::rejection::PathRejection> for ApiError {
 }
 
 impl ApiError {
+    /// What the client is told: the error itself, but a storage failure only in short.
+    pub fn detail(&self) -> String {
+        match self {
+            ApiError::Service(ServiceError::Unavailable(_)) => "Storage unavailable; try again shortly.".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidId(_)
@@ -82,17 +92,23 @@ pub struct Detail {
     pub detail: String,
 }
 
+/// The cause of a server-side failure, for the log; never sent to the client.
+#[derive(Clone, Debug)]
+pub struct Fault(pub String);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let detail = match &self {
-            ApiError::Service(ServiceError::Unavailable(cause)) => {
-                tracing::error!(%cause, "storage unavailable");
-                "Storage unavailable; try again shortly.".to_owned()
-            }
-            other => other.to_string(),
+        let detail = self.detail();
+        let fault = match self {
+            ApiError::Service(ServiceError::Unavailable(cause)) => Some(Fault(cause)),
+            _ => None,
         };
-        (status, Json(Detail { detail })).into_response()
+        let mut response = (status, Json(Detail { detail })).into_response();
+        if let Some(fault) = fault {
+            response.extensions_mut().insert(fault);
+        }
+        response
     }
 }
 

@@ -6,16 +6,17 @@ pub mod docs;
 pub mod error;
 mod extract;
 mod health;
-pub mod metrics;
+pub mod metrics_port;
 mod middleware;
 mod observe;
+mod routes;
 mod sse;
 mod web;
 pub mod ws;
 
 use std::{sync::Arc, time::Duration};
 
-use axum::{Router, extract::DefaultBodyLimit, routing::get};
+use axum::{Router, extract::DefaultBodyLimit};
 
 use crate::{lifecycle::Lifecycle, service::Service};
 
@@ -54,18 +55,13 @@ pub struct Shared {
     pub prometheus: Option<prometheus::Registry>,
 }
 
+/// The public port's router (`routes::public`, and the docs).
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(web::index))
-        .route("/static/{file}", get(web::asset))
-        .route("/images", get(api::list).post(api::create_random))
-        .route("/images/{image_id}", get(api::get_or_png).post(api::create).put(api::put).delete(api::delete))
-        .route("/images/{image_id}/data", get(api::data))
-        .route("/statistics", get(api::statistics))
-        .route("/ws/images/{image_id}", get(ws::upgrade))
-        .route("/sse/announce", get(sse::announce))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+    let mut router = Router::new();
+    for route in routes::public() {
+        router = router.route(route.template, route.handlers);
+    }
+    router
         .merge(docs::router())
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)

@@ -21,7 +21,7 @@ use opentelemetry::{
 };
 use opentelemetry_semantic_conventions::attribute as attr;
 
-use super::AppState;
+use super::{AppState, routes::templates};
 use crate::telemetry::metrics;
 
 struct Headers<'a>(&'a HeaderMap);
@@ -36,27 +36,6 @@ impl Extractor for Headers<'_> {
     }
 }
 
-/// Every route template the app serves, so a template is a `&'static str` (no allocation per
-/// request, and a bounded set by construction).
-const ROUTES: &[&str] = &[
-    "/",
-    "/static/{file}",
-    "/images",
-    "/images/{image_id}",
-    "/images/{image_id}.png",
-    "/images/{image_id}/data",
-    "/statistics",
-    "/ws/images/{image_id}",
-    "/sse/announce",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/openapi.json",
-    "/docs",
-    "/docs/",
-    "/docs/{*rest}",
-];
-
 /// The route template; the PNG route shares axum's `/images/{image_id}` (a dynamic segment
 /// cannot carry a suffix) and is reported as the template the API documents.
 fn route(method: &Method, matched: Option<&MatchedPath>, path: &str) -> Option<usize> {
@@ -66,11 +45,8 @@ fn route(method: &Method, matched: Option<&MatchedPath>, path: &str) -> Option<u
     } else {
         matched
     };
-    let found = ROUTES.iter().position(|r| *r == matched);
-    if found.is_none() {
-        tracing::warn!(route = matched, "route template missing from observe::ROUTES; reported as no route");
-    }
-    found
+    // Every template is in the list the routers are built from: none can be missing.
+    super::routes::templates().iter().position(|r| *r == matched)
 }
 
 /// Known methods as themselves; anything else as `_OTHER`, as the convention asks.
@@ -86,10 +62,10 @@ fn span_name(method: usize, route: usize) -> &'static str {
     let names = NAMES.get_or_init(|| {
         METHODS
             .iter()
-            .flat_map(|m| ROUTES.iter().map(move |r| &*Box::leak(format!("{m} {r}").into_boxed_str())))
+            .flat_map(|m| templates().iter().map(move |r| &*Box::leak(format!("{m} {r}").into_boxed_str())))
             .collect()
     });
-    names[method * ROUTES.len() + route]
+    names[method * templates().len() + route]
 }
 
 /// The server span is made with the OpenTelemetry API directly (one builder, attributes in
@@ -102,7 +78,7 @@ pub async fn observe(State(app): State<AppState>, req: Request, next: Next) -> R
     let method_at = method_index(req.method());
     let method = METHODS[method_at];
     let route_at = route(req.method(), req.extensions().get::<MatchedPath>(), req.uri().path());
-    let route = route_at.map(|r| ROUTES[r]);
+    let route = route_at.map(|r| templates()[r]);
     // The convention's name: `{method} {route}`, or the method alone without a route, and
     // `HTTP` for a method it does not know.
     let name = match (route_at, method) {
@@ -157,6 +133,11 @@ pub async fn observe(State(app): State<AppState>, req: Request, next: Next) -> R
     }
     {
         let _attached = cx.clone().attach();
+        // The error is recorded here, once, with the request's trace: the answer only says it
+        // in short (`error::Fault`).
+        if let Some(fault) = res.extensions_mut().remove::<super::error::Fault>() {
+            tracing::error!(cause = %fault.0, route, "storage unavailable");
+        }
         // The access log: debug, so it costs nothing unless asked for (DRAW64_LOG=info,draw64=debug).
         tracing::debug!(method, status = status.as_u16(), duration_s = took.as_secs_f64(), "request");
     }

@@ -3,15 +3,63 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Weak, atomic::Ordering},
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
-use super::{image::LiveImage, state::State};
+use tokio::sync::{Notify, futures::Notified};
+
+use super::{image::LiveImage, state::State, sync::lock};
 
 /// How long another instance's user count counts without a heartbeat (an instance that died
 /// without saying goodbye drops out of the total after this).
 pub const PRESENCE_TTL: Duration = Duration::from_secs(10);
+
+/// The user counts: this instance's, and the others' as last heard.
+#[derive(Default)]
+pub(super) struct Users {
+    local: AtomicU64,
+    remote: Mutex<RemoteUsers>,
+    /// Wakes the bus when this instance's count changes.
+    changed: Notify,
+}
+
+impl Users {
+    pub(super) fn joined(&self) {
+        self.local.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_one();
+    }
+
+    pub(super) fn left(&self) {
+        self.local.fetch_sub(1, Ordering::Relaxed);
+        self.changed.notify_one();
+    }
+
+    pub(super) fn local(&self) -> u64 {
+        self.local.load(Ordering::Relaxed)
+    }
+
+    /// Users on every instance: this one's plus the others' last heartbeats.
+    pub(super) fn total(&self) -> u64 {
+        self.local() + lock(&self.remote).total(Instant::now())
+    }
+
+    pub(super) fn changed(&self) -> Notified<'_> {
+        self.changed.notified()
+    }
+
+    /// Records another instance's count (see `RemoteUsers::update`); answers the new total if
+    /// it changed.
+    pub(super) fn update_remote(&self, instance: Option<(&str, Option<u64>)>) -> Option<u64> {
+        let before = self.total();
+        lock(&self.remote).update(instance, Instant::now());
+        let after = self.total();
+        (after != before).then_some(after)
+    }
+}
 
 /// Users on other instances, by instance id, with when each was last heard from.
 #[derive(Default)]

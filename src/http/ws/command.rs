@@ -60,7 +60,7 @@ pub async fn handle(app: &AppState, origin: &Origin<'_>, frame: &[u8]) -> Result
             count_rejection(&e);
             cx.span().set_attribute(KeyValue::new(attr::ERROR_TYPE, "invalid_command"));
             cx.span().end();
-            return Err(e.to_string());
+            return Err(e.detail());
         }
     };
     count_in(command.kind());
@@ -93,7 +93,7 @@ fn refused(command: &Context, e: ServiceError) -> String {
     let e = ApiError::from(e);
     count_rejection(&e);
     command.span().set_attribute(KeyValue::new(attr::ERROR_TYPE, e.status().as_str().to_owned()));
-    e.to_string()
+    e.detail()
 }
 
 /// Ends a command's spans, the child first.

@@ -9,22 +9,23 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
-    time::Instant,
 };
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+mod changes;
+
 use super::{
     fanout::{FanoutQueue, Outgoing, SUBSCRIBER_BACKLOG},
-    image::{Delivery, LiveImage},
-    presence::{Presence, RemoteUsers},
-    sync::{lock, read, write},
+    image::LiveImage,
+    presence::{Presence, Users},
+    sync::{lock, read},
 };
 use crate::{
     domain::{Canvas, ImageId, event},
-    store::{Counters, StoredImage},
+    store::Counters,
 };
 
 /// A Server-Sent Event for `/sse/announce`: its name and its JSON data, encoded once.
@@ -64,11 +65,7 @@ pub enum Delivered {
 pub struct State {
     images: RwLock<HashMap<ImageId, Arc<LiveImage>>>,
     counters: Mutex<Counters>,
-    /// Users connected to this instance.
-    users: AtomicU64,
-    remote: Mutex<RemoteUsers>,
-    /// Wakes the bus when this instance's user count changes.
-    presence_changed: tokio::sync::Notify,
+    users: Users,
     /// Where to ask the bus to read what this instance has not heard of yet (shared stores).
     catch_up: Option<mpsc::Sender<CatchUp>>,
     /// Images this instance's writer is committing the creation of: the bus leaves them to the
@@ -89,9 +86,7 @@ impl State {
         let state = Self {
             images: RwLock::default(),
             counters: Mutex::default(),
-            users: AtomicU64::new(0),
-            remote: Mutex::default(),
-            presence_changed: tokio::sync::Notify::new(),
+            users: Users::default(),
             catch_up,
             creating: Mutex::default(),
             committing: AtomicBool::new(false),
@@ -146,13 +141,13 @@ impl State {
         users
     }
 
-    /// Users on every instance: this one's plus the others' last heartbeats.
+    /// Users on every instance.
     pub fn user_count(&self) -> u64 {
-        self.local_users() + lock(&self.remote).total(Instant::now())
+        self.users.total()
     }
 
     pub fn local_users(&self) -> u64 {
-        self.users.load(Ordering::Relaxed)
+        self.users.local()
     }
 
     pub fn is_committing(&self) -> bool {
@@ -182,8 +177,7 @@ impl State {
             img.users.fetch_add(1, Ordering::Relaxed);
             Arc::downgrade(img)
         });
-        self.users.fetch_add(1, Ordering::Relaxed);
-        self.presence_changed.notify_one();
+        self.users.joined();
         self.say("user_connected", event::bare("user_connected"));
         if created {
             self.announce_image("image_created", image);
@@ -192,128 +186,21 @@ impl State {
         Presence { state: self.clone(), image: on_image }
     }
 
-    pub(super) fn leave(&self) {
-        self.users.fetch_sub(1, Ordering::Relaxed);
-        self.presence_changed.notify_one();
+    pub(in crate::service) fn leave(&self) {
+        self.users.left();
         self.say("user_disconnected", event::bare("user_disconnected"));
         self.say("user_count_updated", event::user_count_updated(self.user_count()));
     }
 
-    pub(super) fn presence_changed(&self) -> tokio::sync::futures::Notified<'_> {
-        self.presence_changed.notified()
+    pub(in crate::service) fn presence_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.users.changed()
     }
 
     /// Records another instance's user count (`None`: it left; both `None`: only expire the
     /// silent ones); announces a changed total.
-    pub(super) fn update_remote_users(&self, instance: Option<(&str, Option<u64>)>) {
-        let before = self.user_count();
-        lock(&self.remote).update(instance, Instant::now());
-        let after = self.user_count();
-        if after != before {
-            self.say("user_count_updated", event::user_count_updated(after));
-        }
-    }
-
-    // ---- changes (the writer's own, and the bus's through `Replica`) ----
-
-    /// The images as stored at start: live, not announced.
-    pub(super) fn load(&self, images: &[StoredImage], counters: Counters) {
-        let mut map = write(&self.images);
-        for img in images {
-            map.insert(img.id.clone(), Arc::new(self.new_image(img.generation, img.canvas.clone(), img.version)));
-        }
-        drop(map);
-        self.merge_counters(counters);
-    }
-
-    /// Counters only grow, so the largest value seen (from this writer or another instance)
-    /// is the current one.
-    pub(super) fn merge_counters(&self, seen: Counters) {
-        let mut counters = lock(&self.counters);
-        counters.images_created = counters.images_created.max(seen.images_created);
-        counters.images_deleted = counters.images_deleted.max(seen.images_deleted);
-    }
-
-    pub(super) fn set_committing(&self, committing: bool) {
-        self.committing.store(committing, Ordering::Relaxed);
-    }
-
-    /// Marks `ids` as being created by this instance until the guard drops (after publishing).
-    pub(super) fn creating(self: &Arc<Self>, ids: Vec<ImageId>) -> Creating {
-        if !ids.is_empty() {
-            lock(&self.creating).extend(ids.iter().cloned());
-        }
-        Creating { state: self.clone(), ids }
-    }
-
-    pub(super) fn is_creating(&self, id: &ImageId) -> bool {
-        lock(&self.creating).contains(id)
-    }
-
-    /// Makes an image live unless one of that generation already is; a live namesake of
-    /// another generation (deleted and re-created) is replaced. Answers whether it did.
-    pub(super) fn add_image(
-        &self,
-        id: &ImageId,
-        generation: u64,
-        canvas: Canvas,
-        version: u64,
-        announce: Announce,
-    ) -> bool {
-        let replaced = {
-            let mut images = write(&self.images);
-            if images.get(id).is_some_and(|live| live.generation == generation) {
-                return false;
-            }
-            images.insert(id.clone(), Arc::new(self.new_image(generation, canvas, version)))
-        };
-        if let Some(old) = replaced {
-            self.deleted(id, &old);
-        }
-        if announce == Announce::Now {
-            self.announce_image("image_created", id);
-        }
-        true
-    }
-
-    /// Removes a live image if it is of `generation` (or any, when `None`); tells its
-    /// subscribers and the announcement stream. Answers whether it removed one.
-    pub(super) fn remove_image(&self, id: &ImageId, generation: Option<u64>) -> bool {
-        let removed = {
-            let mut images = write(&self.images);
-            match (images.get(id), generation) {
-                (Some(live), Some(generation)) if live.generation != generation => None,
-                _ => images.remove(id),
-            }
-        };
-        removed.inspect(|old| self.deleted(id, old)).is_some()
-    }
-
-    pub(super) fn deliver(&self, id: &ImageId, generation: u64, change: Delivery) -> Delivered {
-        match self.image_of(id, generation) {
-            Some(img) if img.deliver(id, change) => Delivered::Gap,
-            Some(_) => Delivered::InOrder,
-            None => Delivered::NotLive,
-        }
-    }
-
-    pub(super) fn live(&self, id: &ImageId) -> Option<(u64, u64)> {
-        self.image(id).map(|img| (img.generation, img.version()))
-    }
-
-    /// The last version sent of the live image `id` of `generation`.
-    pub(super) fn version_of(&self, id: &ImageId, generation: u64) -> Option<u64> {
-        self.image_of(id, generation).map(|img| img.version())
-    }
-
-    /// Every live image: id, generation and last version sent.
-    pub(super) fn versions(&self) -> Vec<(ImageId, u64, u64)> {
-        read(&self.images).iter().map(|(id, img)| (id.clone(), img.generation, img.version())).collect()
-    }
-
-    pub(super) fn reset(&self, id: &ImageId, generation: u64, canvas: Canvas, version: u64) {
-        if let Some(img) = self.image_of(id, generation) {
-            img.reset(canvas, version);
+    pub(in crate::service) fn update_remote_users(&self, instance: Option<(&str, Option<u64>)>) {
+        if let Some(total) = self.users.update_remote(instance) {
+            self.say("user_count_updated", event::user_count_updated(total));
         }
     }
 
@@ -333,22 +220,5 @@ impl State {
     fn say(&self, name: &'static str, data: String) {
         // No SSE listener is not an error.
         let _ = self.announce.send(Announcement { name, data: data.into() });
-    }
-}
-
-/// Images whose creation this instance is committing; forgotten on drop.
-pub struct Creating {
-    state: Arc<State>,
-    ids: Vec<ImageId>,
-}
-
-impl Drop for Creating {
-    fn drop(&mut self) {
-        if !self.ids.is_empty() {
-            let mut creating = lock(&self.state.creating);
-            for id in &self.ids {
-                creating.remove(id);
-            }
-        }
     }
 }

@@ -7,21 +7,20 @@ use axum::{
     extract::State,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
 };
 use prometheus::{Encoder, TextEncoder};
 
-use super::{AppState, health};
+use super::AppState;
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .with_state(state)
+    let mut router = Router::new();
+    for route in super::routes::metrics_port() {
+        router = router.route(route.template, route.handlers);
+    }
+    router.with_state(state)
 }
 
-async fn metrics(State(app): State<AppState>) -> Response {
+pub(super) async fn metrics(State(app): State<AppState>) -> Response {
     let Some(registry) = app.prometheus.clone() else {
         return (StatusCode::NOT_FOUND, "metrics are not exported to Prometheus (see OTEL_METRICS_EXPORTER)\n")
             .into_response();
