@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use clap::{Args, Parser, ValueEnum};
+use clap::{Args, Parser};
 
 #[derive(Args, Debug, Clone)]
 pub struct Config {
@@ -40,20 +40,9 @@ pub struct Config {
     #[arg(long, env = "DRAW64_WS_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
     pub ws_ping_interval: Duration,
 
-    /// Log format on stderr: auto (text on a terminal, JSON otherwise), text or json.
-    #[arg(long, env = "DRAW64_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
-    pub log_format: LogFormat,
-
-    /// Log filter in tracing's EnvFilter syntax, e.g. `info` or `draw64=debug,info`. When
-    /// unset, RUST_LOG is used; when that is unset too, info for Draw64 and warn for libraries.
-    #[arg(long, env = "DRAW64_LOG")]
-    pub log: Option<String>,
-
-    /// Where the Prometheus exposition (`/metrics`, plus `/healthz` and `/readyz`) listens when
-    /// OTEL_METRICS_EXPORTER includes prometheus (the default). Port 0 picks a free port. When
-    /// unset: OTEL_EXPORTER_PROMETHEUS_HOST and _PORT, else 127.0.0.1:9464.
-    #[arg(long, env = "DRAW64_METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
+    /// Logs and metrics exposition (`--log-format`, `--log`, `--metrics-listen`).
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::Options,
 }
 
 impl Config {
@@ -71,13 +60,6 @@ impl Config {
         }
         Serve::try_parse_from(args).map(|serve| serve.config)
     }
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Auto,
-    Text,
-    Json,
 }
 
 /// Accepts `5s`, `500ms`, `2m`, or a bare number of seconds (`1.5`).

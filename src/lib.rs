@@ -1,17 +1,30 @@
 //! Draw64: a real-time collaborative 64×64 pixel canvas.
 //!
 //! # Layout
-//! Dependencies point inwards only: `main` → `app` → `http` → `service` → `store` → `domain`.
+//! Dependencies point one way (`a → b`: `a` uses `b`), with no circle; the binary (`main.rs`,
+//! `cli.rs`) sits on top and also dispatches `draw64 load` to the `draw64-load` crate.
+//!
+//! ```text
+//! app → http → service → store → domain
+//!   │     │       ↑        ↑
+//!   │     └────→ bus ──────┘        bus → service (only `Replica`), store (`store::postgres`)
+//!   └→ config → store, telemetry    telemetry, lifecycle, domain: use none of the others
+//! ```
 //!
 //! - [`domain`]: pure types and rules (ids, canvas, commands, events, PNG); no I/O.
-//! - [`store`]: persistence behind the [`store::Store`] trait; embedded SQLite.
-//! - [`service`]: the use cases; the in-memory canvases (a cache of the store), the single
-//!   group-committing writer, and the fan-out of encoded events to subscribers.
-//! - [`http`]: axum routers (REST, WebSocket, SSE, health, page, docs), middleware and the one
-//!   error → response mapping.
+//! - [`store`]: persistence behind the [`store::Store`] trait: embedded SQLite, or PostgreSQL
+//!   (whose schema, change log and notices only `store::postgres` knows); `Instrumented` adds
+//!   the database spans and metrics; [`store::Database`] is `--database`, parsed once.
+//! - [`service`]: the use cases over the in-memory state (a cache of the store, private to
+//!   `service::state`), the single group-committing writer, the fan-out of encoded events, and
+//!   `Replica`, the one door through which other instances' commits come in.
+//! - [`bus`]: cross-instance fan-out behind the [`bus::Bus`] trait (PostgreSQL LISTEN/NOTIFY).
+//! - [`http`]: axum routers built from one route table (REST, WebSocket, SSE, health, page,
+//!   docs, metrics port), the observing middleware and the one error → response mapping.
 //! - [`lifecycle`]: serving → draining → closing, and the shutdown signals.
 //! - [`app`]: builds all of the above from a [`config::Config`] and runs it.
-//! - [`config`], [`telemetry`]: flags and environment; logs.
+//! - [`config`]: the server's flags and environment; [`telemetry`]: logs, traces and metrics
+//!   (providers, exporters, host metrics, the metric registry).
 
 pub mod app;
 pub mod bus;

@@ -24,7 +24,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let telemetry = match telemetry::init(&config) {
+    let telemetry = match telemetry::init(&config.telemetry) {
         Ok(telemetry) => std::sync::Arc::new(telemetry),
         Err(e) => {
             eprintln!("draw64: {e}");

@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use opentelemetry::{
-    KeyValue, global,
+    global,
     metrics::{AsyncInstrument, Counter, Histogram, Meter, UpDownCounter},
 };
 use opentelemetry_semantic_conventions::metric as semconv;
@@ -178,9 +178,4 @@ fn gauge_def(name: &'static str) -> &'static super::registry::MetricDef {
     let d = def(name);
     debug_assert_eq!(d.instrument, Instrument::Gauge);
     d
-}
-
-/// Attribute helpers for the bounded label sets.
-pub fn kv(key: &'static str, value: &'static str) -> KeyValue {
-    KeyValue::new(key, value)
 }

@@ -15,6 +15,7 @@ mod export;
 mod host;
 mod logs;
 pub mod metrics;
+mod options;
 pub mod propagation;
 pub mod registry;
 mod resource;
@@ -40,9 +41,8 @@ use tracing_subscriber::{
 
 use export::{batch_logs, batch_spans, otlp, periodic, sampler};
 pub use metrics::metrics;
+pub use options::{LogFormat, Options};
 use settings::{Exporter, Settings, SettingsError};
-
-use crate::config::{Config, LogFormat};
 
 /// Default filter: our own info, and only warnings from the libraries under us.
 const DEFAULT_FILTER: &str = "info,opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn,\
@@ -91,7 +91,7 @@ impl Telemetry {
 }
 
 /// Must run inside the Tokio runtime (the exporters' batch tasks live there).
-pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
+pub fn init(config: &Options) -> Result<Telemetry, TelemetryError> {
     let settings = Settings::from_env(|k| std::env::var(k).ok(), config.metrics_listen)?;
     let (resource, instance_id) = resource::build(&settings.service_name);
     global::set_text_map_propagator(TraceContextPropagator::new());
@@ -168,7 +168,7 @@ pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
 }
 
 fn install_subscriber(
-    config: &Config,
+    config: &Options,
     tracer: &SdkTracerProvider,
     logger: Option<&SdkLoggerProvider>,
 ) -> Result<(), TelemetryError> {

@@ -34,9 +34,6 @@ pub struct Settings {
     pub metrics: Vec<Exporter>,
     pub logs: Vec<Exporter>,
     pub protocol: Protocol,
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, read again by the exporters themselves (with the
-    /// per-signal variants); kept here to choose the defaults.
-    pub endpoint: Option<String>,
     pub sampler: Sampler,
     pub metric_interval: Duration,
     /// Where the Prometheus exposition listens, when metrics include `prometheus`.
@@ -65,6 +62,8 @@ impl Settings {
         metrics_listen: Option<SocketAddr>,
     ) -> Result<Self, SettingsError> {
         let get = |name: &str| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        // Only chooses the defaults: the exporters read it again themselves (with the
+        // per-signal variants).
         let endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT");
         let push_default: &[Exporter] = if endpoint.is_some() { &[Exporter::Otlp] } else { &[] };
         let traces = exporters(&get, "OTEL_TRACES_EXPORTER", push_default, &["otlp", "console", "none"])?;
@@ -123,7 +122,6 @@ impl Settings {
             metrics,
             logs,
             protocol,
-            endpoint,
             sampler,
             metric_interval,
             prometheus_addr,
