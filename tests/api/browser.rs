@@ -6,7 +6,7 @@ use std::{
     process::Command,
 };
 
-use crate::helpers::require;
+use crate::support::require;
 
 #[test]
 fn the_page_works_in_headless_chromium() {
@@ -68,7 +68,7 @@ fn two_tabs_on_scripts_cluster_land_on_two_instances_and_see_each_other() {
     if !require("chromium", "the cluster browser test")
         || !require("node", "the cluster browser test")
         || !require("haproxy", "the cluster browser test")
-        || crate::pg::shared().is_none()
+        || crate::support::pg::shared().is_none()
     {
         return;
     }

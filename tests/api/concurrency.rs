@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::helpers::*;
+use crate::support::*;
 
 pub fn replay(events: &[Value]) -> Vec<Vec<[u8; 3]>> {
     let mut canvas = vec![vec![[255u8; 3]; 64]; 64];

@@ -12,7 +12,7 @@ use std::{
 use serde_json::Value;
 use serde_yaml::Value as Yaml;
 
-use crate::{helpers::*, telemetry::exercise_and_scrape};
+use crate::{support::*, telemetry::exercise_and_scrape};
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(path)

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use crate::support::*;
 
 async fn get(http: &reqwest::Client, url: String) -> (u16, Value) {
     let res = http.get(url).send().await.unwrap();
@@ -42,7 +42,7 @@ async fn a_restart_keeps_images_pixels_and_counters() {
 /// overwriting the first's canvases: the second one must refuse to start, and say why.
 #[tokio::test]
 async fn a_second_process_on_the_same_sqlite_file_refuses_to_start() {
-    if crate::pg::suite_on_postgres() {
+    if crate::support::pg::suite_on_postgres() {
         // Several instances on one PostgreSQL is the supported way (cluster.rs tests it).
         eprintln!("SKIPPED the second-process lock: it is SQLite's, and this run is on PostgreSQL");
         return;

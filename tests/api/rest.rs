@@ -1,6 +1,6 @@
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn image_lifecycle_and_shapes() {

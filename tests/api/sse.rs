@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn announces_images_and_users_with_counting_ids() {

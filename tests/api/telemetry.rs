@@ -7,7 +7,7 @@ use nix::sys::signal::Signal;
 use opentelemetry_proto::tonic::{common::v1::any_value::Value as Any, trace::v1::span::SpanKind};
 use serde_json::Value;
 
-use crate::{helpers::*, otlp::Receiver};
+use crate::support::{otlp::Receiver, *};
 
 pub const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
@@ -100,7 +100,7 @@ async fn otlp_scenario(protocol: &str) {
                     .expect("a database span under the PUT");
                 assert_eq!(hex(&db.trace_id), TRACE_ID);
                 let (system, placeholder) =
-                    if crate::pg::suite_on_postgres() { ("postgresql", "$1") } else { ("sqlite", "?1") };
+                    if crate::support::pg::suite_on_postgres() { ("postgresql", "$1") } else { ("sqlite", "?1") };
                 assert_eq!(string(attr(&db.attributes, "db.system.name")), Some(system));
                 assert_eq!(string(attr(&db.attributes, "db.operation.name")), Some("BATCH UPSERT"));
                 let query = string(attr(&db.attributes, "db.query.text")).unwrap();

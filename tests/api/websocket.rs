@@ -1,7 +1,7 @@
 use serde_json::json;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::helpers::*;
+use crate::support::*;
 
 fn updated(image: &str, command: serde_json::Value) -> serde_json::Value {
     json!({"event": {"event_type": "image_updated", "image_id": image, "command": command}})

@@ -296,8 +296,8 @@ impl Drop for Server {
 /// A fresh database URL: SQLite in `dir`, or a new PostgreSQL database when the suite runs on
 /// PostgreSQL (`DRAW64_TEST_BACKEND=postgres`).
 pub fn test_db(dir: &tempfile::TempDir) -> String {
-    if crate::pg::suite_on_postgres() {
-        let pg = crate::pg::shared().expect("DRAW64_TEST_BACKEND=postgres needs PostgreSQL installed");
+    if crate::support::pg::suite_on_postgres() {
+        let pg = crate::support::pg::shared().expect("DRAW64_TEST_BACKEND=postgres needs PostgreSQL installed");
         return pg.create_database();
     }
     format!("sqlite://{}", dir.path().join("draw64.db").display())

@@ -1,0 +1,9 @@
+//! The harness, apart from the tests: the app in-process or as a real process, and the
+//! clients that speak its protocols (`app`); a throwaway PostgreSQL (`pg`); an OTLP receiver
+//! (`otlp`).
+
+pub mod app;
+pub mod otlp;
+pub mod pg;
+
+pub use app::*;
