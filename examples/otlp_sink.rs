@@ -1,12 +1,12 @@
 //! An OTLP receiver for benchmarks: gRPC and HTTP/protobuf, counting what arrives. It is the
-//! test suite's receiver (tests/api/otlp.rs), run standalone.
+//! test suite's receiver (tests/api/support/otlp.rs), run standalone.
 //!
 //! Run with `cargo run --release --example otlp_sink -- 127.0.0.1:14000`; it prints its gRPC and
 //! HTTP addresses, and `GET /stats` on the given address answers
 //! `{"spans": n, "spans_by_name": {...}, "logs": n, "metric_requests": n}`.
 
 #[allow(dead_code)]
-#[path = "../tests/api/otlp.rs"]
+#[path = "../tests/api/support/otlp.rs"]
 mod otlp;
 
 use std::collections::BTreeMap;

@@ -43,7 +43,7 @@ async fn a_restart_keeps_images_pixels_and_counters() {
 #[tokio::test]
 async fn a_second_process_on_the_same_sqlite_file_refuses_to_start() {
     if crate::support::pg::suite_on_postgres() {
-        // Several instances on one PostgreSQL is the supported way (cluster.rs tests it).
+        // Several instances on one PostgreSQL is the supported way (tests/api/cluster/ tests it).
         eprintln!("SKIPPED the second-process lock: it is SQLite's, and this run is on PostgreSQL");
         return;
     }
