@@ -20,7 +20,7 @@ use draw64::Config;
 )]
 pub struct Cli {
     #[command(subcommand)]
-    command: Option<Command>,
+    command: Option<Verb>,
     #[command(flatten)]
     serve: Config,
 }
@@ -28,7 +28,7 @@ pub struct Cli {
 // Parsed once per process: the size difference does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
-enum Command {
+enum Verb {
     /// Run the server (the default when no subcommand is given).
     Serve(Config),
     /// Put load on a running Draw64 (or the bare baseline) and report throughput, latency
@@ -47,8 +47,8 @@ pub enum Action {
 impl Cli {
     pub fn into_action(self) -> Action {
         match self.command {
-            Some(Command::Serve(config)) => Action::Serve(config),
-            Some(Command::Load(scenario)) => Action::Load(scenario),
+            Some(Verb::Serve(config)) => Action::Serve(config),
+            Some(Verb::Load(scenario)) => Action::Load(scenario),
             None => Action::Serve(self.serve),
         }
     }

@@ -35,7 +35,7 @@ const FIRST_ATTEMPT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
-struct State {
+struct Listening {
     connected: AtomicBool,
     last_error: Mutex<String>,
     stop: Notify,
@@ -44,7 +44,7 @@ struct State {
     first_attempt: Mutex<Option<oneshot::Sender<()>>>,
 }
 
-impl State {
+impl Listening {
     fn first_attempt_over(&self) {
         if let Some(tell) = self.first_attempt.lock().ok().and_then(|mut t| t.take()) {
             let _ = tell.send(());
@@ -53,7 +53,7 @@ impl State {
 }
 
 pub struct PgBus {
-    state: Arc<State>,
+    state: Arc<Listening>,
 }
 
 impl Bus for PgBus {
@@ -79,7 +79,7 @@ impl Bus for PgBus {
 /// own changes reach the others through the store.
 pub async fn start(config: &tokio_postgres::Config, instance: &str, replica: Replica) -> Arc<PgBus> {
     let (tell, first) = oneshot::channel();
-    let state = Arc::new(State {
+    let state = Arc::new(Listening {
         last_error: Mutex::new("connecting".into()),
         first_attempt: Mutex::new(Some(tell)),
         ..Default::default()
@@ -97,7 +97,7 @@ pub async fn start(config: &tokio_postgres::Config, instance: &str, replica: Rep
 struct Listener {
     config: tokio_postgres::Config,
     follower: follow::Follower,
-    state: Arc<State>,
+    state: Arc<Listening>,
 }
 
 /// How a listening session ended.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use opentelemetry::metrics::Meter;
 
-use self::sample::{Sample, Sampler};
+use self::sample::{Probe, Sample};
 
 /// One sample of the machine, taken at most every `sample::FRESH` and shared by every instrument.
 type SampleFn = Arc<dyn Fn() -> Sample + Send + Sync>;
@@ -26,7 +26,7 @@ type SampleFn = Arc<dyn Fn() -> Sample + Send + Sync>;
 /// they are OpenTelemetry instruments only when a push exporter (OTLP, console) is on, and the
 /// Prometheus registry gets the conventional `process_threads` and `process_open_fds` instead.
 pub fn register(meter: &Meter, push: bool, prometheus: Option<&prometheus::Registry>) {
-    let sampler = std::sync::Mutex::new(Sampler::new());
+    let sampler = std::sync::Mutex::new(Probe::new());
     let sample: SampleFn = Arc::new(move || sampler.lock().unwrap_or_else(std::sync::PoisonError::into_inner).sample());
     system::register_cpu_and_memory(meter, &sample);
     system::register_storage(meter, &sample);

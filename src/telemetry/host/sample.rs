@@ -55,7 +55,7 @@ pub(super) struct ProcessStat {
     pub(super) fds: i64,
 }
 
-pub(super) struct Sampler {
+pub(super) struct Probe {
     pub(super) system: System,
     pub(super) disks: Disks,
     pub(super) networks: Networks,
@@ -65,7 +65,7 @@ pub(super) struct Sampler {
     pub(super) previous_busy: Duration,
 }
 
-impl Sampler {
+impl Probe {
     pub(super) fn new() -> Self {
         Self {
             system: System::new(),
