@@ -120,9 +120,9 @@ async fn sigterm_drains_then_closes_websockets_1001_and_exits_0() {
 
     let signalled = Instant::now();
     server.signal(Signal::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // Not ready at once, but still serving, each answer closing its connection.
-    let res = http.get(server.url("/readyz")).send().await.unwrap();
+    // Not ready at once (as soon as the signal is handled), but still serving, each answer
+    // closing its connection.
+    let res = until_draining(&http, &server).await;
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers()["connection"], "close");
     let body: Value = res.json().await.unwrap();
@@ -147,9 +147,23 @@ async fn a_second_signal_exits_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&test_db(&dir), "127.0.0.1:0", &["--drain-grace", "60s"]);
     server.signal(Signal::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The second signal must come after the first was handled, however slow the machine.
+    until_draining(&reqwest::Client::new(), &server).await;
     let started = Instant::now();
     server.signal(Signal::SIGINT);
     assert_eq!(server.wait(), Some(130));
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Polls `/readyz` until the server says it is draining (503); answers that response.
+async fn until_draining(http: &reqwest::Client, server: &Server) -> reqwest::Response {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let res = http.get(server.url("/readyz")).send().await.unwrap();
+        if res.status() == 503 {
+            return res;
+        }
+        assert!(Instant::now() < deadline, "never started draining");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
