@@ -176,8 +176,25 @@ function listen() {
   };
 }
 
-// Pencil: pointerdown paints the cell under the pointer; the stroke sends each new cell.
+// Pencil: pointerdown paints the cell under the pointer; the stroke paints the straight line of
+// cells from the last one to each new one (a fast pointer skips cells between two samples), and
+// sends them as one command.
 let stroke = null;
+
+/** The cells of the straight line from (x0, y0) to (x1, y1), both ends included (Bresenham). */
+function lineCells(x0, y0, x1, y1) {
+  const cells = [];
+  const dx = Math.abs(x1 - x0), dy = -Math.abs(y1 - y0);
+  const sx = x0 < x1 ? 1 : -1, sy = y0 < y1 ? 1 : -1;
+  let err = dx + dy;
+  for (;;) {
+    cells.push([x0, y0]);
+    if (x0 === x1 && y0 === y1) return cells;
+    const e2 = 2 * err;
+    if (e2 >= dy) { err += dy; x0 += sx; }
+    if (e2 <= dx) { err += dx; y0 += sy; }
+  }
+}
 function cellAt(e) {
   const rect = canvas.getBoundingClientRect();
   const x = Math.floor(((e.clientX - rect.left) / rect.width) * SIDE);
@@ -186,11 +203,14 @@ function cellAt(e) {
 }
 function paintAt(e) {
   const cell = cellAt(e);
-  if (!cell || (stroke && stroke.last === `${cell}`)) return;
-  if (stroke) stroke.last = `${cell}`;
-  const [x, y] = cell;
-  setPixel(x, y, color);
-  send({ command_type: 'draw', values: [[x, y, ...color]] });
+  if (!cell) return;
+  const last = stroke && stroke.last;
+  if (last && last[0] === cell[0] && last[1] === cell[1]) return;
+  // The first cell of the line is the one painted last time.
+  const cells = last ? lineCells(last[0], last[1], cell[0], cell[1]).slice(1) : [cell];
+  if (stroke) stroke.last = cell;
+  for (const [x, y] of cells) setPixel(x, y, color);
+  send({ command_type: 'draw', values: cells.map(([x, y]) => [x, y, ...color]) });
 }
 canvas.addEventListener('pointerdown', (e) => {
   canvas.setPointerCapture(e.pointerId);

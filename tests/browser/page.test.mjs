@@ -69,6 +69,30 @@ try {
   assert.deepEqual(data[12][21], red);
   assert.deepEqual(await cellColor(a, 10, 20), red);
 
+  step('a fast diagonal stroke sets every cell on its line');
+  {
+    const box = await a.locator('#canvas').boundingBox();
+    const at = ([x, y]) => [box.x + x * 10 + 5, box.y + y * 10 + 5];
+    await a.click('#palette > :nth-child(5)');
+    // One pointer sample at each end: every cell between them must still be painted.
+    await a.mouse.move(...at([5, 40]));
+    await a.mouse.down();
+    await a.mouse.move(...at([25, 50]), { steps: 1 });
+    await a.mouse.up();
+    const painted = await cellColor(a, 5, 40);
+    assert.notDeepEqual(painted, [255, 255, 255]);
+    for (const [x, y] of [[5, 40], [25, 50]]) await waitCell(b, x, y, painted);
+    const after = await (await api('/images/default/data')).json();
+    // Bresenham's line from (5,40) to (25,50): one cell per column, no gap.
+    for (let x = 5; x <= 25; x++) {
+      const column = [];
+      for (let y = 40; y <= 50; y++) if (after[x][y].join() === painted.join()) column.push(y);
+      assert.ok(column.length >= 1, `column ${x} of the line has no painted cell`);
+    }
+    const count = after.flat().filter((p) => p.join() === painted.join()).length;
+    assert.ok(count >= 21, `a 21-column line painted ${count} cells`);
+  }
+
   step('the heart button draws on both pages');
   const before = (await (await api('/images/default/data')).json()).flat().filter((p) => p.join() !== '255,255,255').length;
   await b.click('#random');
