@@ -56,6 +56,7 @@ impl App {
             served_by: axum::http::HeaderValue::from_str(&instance_id).ok(),
             bus,
             prometheus: telemetry.and_then(|t| t.prometheus.clone()),
+            rum_limits: Default::default(),
         });
         Ok(Self {
             listener,
@@ -98,7 +99,9 @@ impl App {
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(lifecycle.closing());
+        // The client's address, for per-client limits (`POST /rum`).
+        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(listener, app).with_graceful_shutdown(lifecycle.closing());
         let mut server = tokio::spawn(server.into_future());
 
         tokio::select! {

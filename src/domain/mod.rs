@@ -15,3 +15,4 @@ pub use command::{Command, CommandError, Pixel};
 pub use id::{IdError, ImageId, MAX_ID_LEN};
 pub use names::random_image_id;
 pub use png::encode_png;
+pub mod browser;

@@ -4,7 +4,7 @@
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{AppState, api, health};
+use super::{AppState, api, health, rum};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,7 +25,8 @@ use super::{AppState, api, health};
         api::delete,
         api::statistics,
         health::healthz,
-        health::readyz
+        health::readyz,
+        rum::report
     )
 )]
 pub struct ApiDoc;

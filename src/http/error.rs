@@ -30,6 +30,12 @@ pub enum ApiError {
     TooLarge,
     #[error(transparent)]
     Service(#[from] ServiceError),
+    #[error(transparent)]
+    InvalidReport(#[from] crate::domain::browser::ReportError),
+    #[error("reports are accepted from this site's own pages only")]
+    CrossOrigin,
+    #[error("too many reports; send fewer")]
+    RateLimited,
     #[error("Not Found")]
     NoRoute,
     #[error("Method Not Allowed")]
@@ -57,7 +63,10 @@ impl ApiError {
             | ApiError::InvalidPath(_)
             | ApiError::InvalidCommand(_)
             | ApiError::NotJson(_)
-            | ApiError::BadBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            | ApiError::BadBody(_)
+            | ApiError::InvalidReport(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::CrossOrigin => StatusCode::FORBIDDEN,
+            ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

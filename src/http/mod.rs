@@ -10,6 +10,7 @@ pub mod metrics_port;
 mod middleware;
 mod observe;
 mod routes;
+pub mod rum;
 mod sse;
 mod web;
 pub mod ws;
@@ -53,6 +54,8 @@ pub struct Shared {
     pub bus: Option<Arc<dyn crate::bus::Bus>>,
     /// What `/metrics` encodes, when metrics go to Prometheus.
     pub prometheus: Option<prometheus::Registry>,
+    /// The rates of `POST /rum`.
+    pub rum_limits: rum::RumLimits,
 }
 
 /// The public port's router (`routes::public`, and the docs).

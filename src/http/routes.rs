@@ -4,9 +4,9 @@
 
 use std::sync::OnceLock;
 
-use axum::routing::{MethodRouter, get};
+use axum::routing::{MethodRouter, get, post};
 
-use super::{AppState, api, health, metrics_port, sse, web, ws};
+use super::{AppState, api, health, metrics_port, rum, sse, web, ws};
 
 pub struct Route {
     pub template: &'static str,
@@ -31,6 +31,7 @@ pub fn public() -> Vec<Route> {
         route("/statistics", get(api::statistics), true),
         route("/ws/images/{image_id}", get(ws::upgrade), false),
         route("/sse/announce", get(sse::announce), false),
+        route("/rum", post(rum::report), true),
         route("/healthz", get(health::healthz), true),
         route("/readyz", get(health::readyz), true),
     ]

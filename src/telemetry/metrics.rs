@@ -18,6 +18,10 @@ pub const DURATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.2
 const FANOUT_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 const SIZE_BUCKETS: &[f64] = &[0.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0];
+/// Pages' timings: from a few milliseconds (an echo) to a minute (a slow load or reconnect).
+const BROWSER_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+/// Cumulative Layout Shift: good below 0.1, poor above 0.25.
+const SHIFT_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
 
 pub struct Metrics {
@@ -37,6 +41,11 @@ pub struct Metrics {
     pub subscriber_lagged: Counter<u64>,
     pub batch_size: Histogram<u64>,
     pub panics: Counter<u64>,
+    pub browser_duration: Histogram<f64>,
+    pub browser_layout_shift: Histogram<f64>,
+    pub browser_socket_events: Counter<u64>,
+    pub browser_errors: Counter<u64>,
+    pub browser_reports: Counter<u64>,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -69,6 +78,9 @@ pub fn metrics() -> &'static Metrics {
             &m.pixels_drawn,
             &m.subscriber_lagged,
             &m.panics,
+            &m.browser_socket_events,
+            &m.browser_errors,
+            &m.browser_reports,
         ] {
             c.add(0, &[]);
         }
@@ -82,6 +94,17 @@ fn counter(meter: &Meter, name: &'static str) -> Counter<u64> {
     let d = def(name);
     debug_assert_eq!(d.instrument, Instrument::Counter);
     meter.u64_counter(d.name).with_unit(d.unit).with_description(d.description).build()
+}
+
+fn histogram(meter: &Meter, name: &'static str, buckets: &[f64]) -> Histogram<f64> {
+    let d = def(name);
+    debug_assert_eq!(d.instrument, Instrument::Histogram);
+    meter
+        .f64_histogram(d.name)
+        .with_unit(d.unit)
+        .with_description(d.description)
+        .with_boundaries(buckets.to_vec())
+        .build()
 }
 
 fn up_down(meter: &Meter, name: &'static str) -> UpDownCounter<i64> {
@@ -145,6 +168,11 @@ impl Metrics {
                 .with_boundaries(BATCH_BUCKETS.to_vec())
                 .build(),
             panics: counter(meter, "draw64.panics"),
+            browser_duration: histogram(meter, "draw64.browser.duration", BROWSER_BUCKETS),
+            browser_layout_shift: histogram(meter, "draw64.browser.layout_shift", SHIFT_BUCKETS),
+            browser_socket_events: counter(meter, "draw64.browser.socket.events"),
+            browser_errors: counter(meter, "draw64.browser.errors"),
+            browser_reports: counter(meter, "draw64.browser.reports"),
         }
     }
 }

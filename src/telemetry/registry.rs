@@ -24,6 +24,41 @@ use Instrument::*;
 
 pub const METRICS: &[MetricDef] = &[
     MetricDef {
+        name: "draw64.browser.duration",
+        instrument: Histogram,
+        unit: "s",
+        attributes: &["draw64.browser.timing"],
+        description: "What pages measured, in seconds, by timing: ttfb, dom_ready, load (navigation), fcp, lcp, inp (web vitals), draw_echo (a command sent to its echo received), canvas_ready (navigation start to the first painted canvas), reconnect (a socket closed to its replacement open).",
+    },
+    MetricDef {
+        name: "draw64.browser.layout_shift",
+        instrument: Histogram,
+        unit: "1",
+        attributes: &[],
+        description: "Cumulative Layout Shift that pages measured (a unitless score; under 0.1 is good).",
+    },
+    MetricDef {
+        name: "draw64.browser.socket.events",
+        instrument: Counter,
+        unit: "{event}",
+        attributes: &["draw64.browser.socket.event", "draw64.close.code"],
+        description: "WebSocket events that pages saw: connect, reconnect, close (with its close code), resync.",
+    },
+    MetricDef {
+        name: "draw64.browser.errors",
+        instrument: Counter,
+        unit: "{error}",
+        attributes: &["error.type"],
+        description: "JavaScript errors and unhandled rejections that pages reported, by error type.",
+    },
+    MetricDef {
+        name: "draw64.browser.reports",
+        instrument: Counter,
+        unit: "{report}",
+        attributes: &["draw64.report.outcome"],
+        description: "Real-user-monitoring reports received at POST /rum, by outcome: accepted, invalid, too_large, forbidden, rate_limited.",
+    },
+    MetricDef {
         name: "draw64.ws.connections",
         instrument: UpDownCounter,
         unit: "{connection}",

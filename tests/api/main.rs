@@ -9,6 +9,7 @@ mod lifecycle;
 mod load;
 mod parsers;
 mod rest;
+mod rum;
 mod sse;
 mod support;
 mod telemetry;

@@ -379,6 +379,8 @@ pub async fn exercise_and_scrape(server: &Server) -> String {
     next_event(&mut ws).await;
     ws_send(&mut ws, "not json").await;
     next_event(&mut ws).await;
+    let res = http.post(server.url("/rum")).body(crate::rum::EVERY_KIND).send().await.unwrap();
+    assert_eq!(res.status(), 204);
     let metrics = server.metrics.expect("a metrics port");
     let text = http.get(format!("http://{metrics}/metrics")).send().await.unwrap().text().await.unwrap();
     drop((sse, ws));
