@@ -74,6 +74,7 @@ async function loadImage() {
     repaint();
     for (const command of arrivedWhileLoading) applyCommand(command);
     document.body.dataset.loadedImage = wanted;
+    rum.canvasPainted();
   } finally {
     arrivedWhileLoading = null;
   }
@@ -81,6 +82,7 @@ async function loadImage() {
 
 function send(command) {
   if (socket && socket.readyState === WebSocket.OPEN) {
+    if (command.values) rum.sending(command.values);
     socket.send(JSON.stringify({ command }));
   } else {
     setStatus('Not connected: change not sent.');
@@ -94,6 +96,7 @@ function connect() {
   socket = ws;
   setStatus('Connecting…', 'connecting');
   ws.onopen = () => {
+    rum.opened();
     backoff = 250;
     setStatus('Connected', 'open');
     // Reload after every (re)connect: changes made while away are in the stored image.
@@ -102,6 +105,7 @@ function connect() {
   ws.onmessage = (msg) => {
     const { event } = JSON.parse(msg.data);
     if (event.event_type === 'image_updated' && event.image_id === imageId) {
+      if (event.command.values) rum.relayed(event.command.values);
       arrivedWhileLoading?.push(event.command);
       applyCommand(event.command);
     }
@@ -110,6 +114,7 @@ function connect() {
   ws.onclose = (e) => {
     if (ws !== socket) return; // replaced by a switch
     socket = null;
+    rum.closed(e.code);
     if (e.code === 4404) {
       // Deleted: do not reconnect (that would create it again); go to the default image.
       setStatus(`Image ${imageId} was deleted.`, 'closed');

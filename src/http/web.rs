@@ -15,6 +15,7 @@ pub async fn index() -> Html<&'static str> {
 pub async fn asset(Path(file): Path<String>) -> Result<Response, ApiError> {
     let (body, mime) = match file.as_str() {
         "app.js" => (include_str!("../../web/app.js"), "text/javascript; charset=utf-8"),
+        "rum.js" => (include_str!("../../web/rum.js"), "text/javascript; charset=utf-8"),
         "style.css" => (include_str!("../../web/style.css"), "text/css; charset=utf-8"),
         _ => return Err(ApiError::NoRoute),
     };

@@ -20,14 +20,31 @@ function startServer(listen) {
   });
   return new Promise((resolve, reject) => {
     const lines = createInterface({ input: proc.stderr });
+    let metrics = null;
     lines.on('line', (line) => {
       try {
         const v = JSON.parse(line);
-        if (v.message === 'listening') resolve({ proc, addr: v.address });
+        if (v.message === 'metrics listening') metrics = v.address;
+        if (v.message === 'listening') resolve({ proc, addr: v.address, metrics });
       } catch { /* not JSON */ }
     });
     proc.on('exit', (code) => reject(new Error(`server exited early (${code})`)));
   });
+}
+
+/** Waits until every one of `series` has a sample above 0 in the server's Prometheus scrape. */
+async function waitSeries(server, series) {
+  const deadline = Date.now() + 10000;
+  for (;;) {
+    const text = await (await fetch(`http://${server.metrics}/metrics`)).text();
+    const missing = series.filter((s) => !text.split('\n').some((l) => l.startsWith(s) && Number(l.split(' ').pop()) > 0));
+    if (!missing.length) {
+      for (const s of series) step(`  ${text.split('\n').find((l) => l.startsWith(s))}`);
+      return;
+    }
+    if (Date.now() > deadline) throw new Error(`never scraped: ${missing.join(', ')}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
 }
 
 async function stopServer(server) {
@@ -124,6 +141,16 @@ try {
   await new Promise((r) => setTimeout(r, 500));
   assert.equal((await api('/images/elsewhere')).status, 404, 'the deleted image came back');
 
+  step('the page reports its experience: page load, canvas, draw→echo and its socket, in the scrape');
+  await a.evaluate(() => rum.flush());
+  await waitSeries(server, [
+    'draw64_browser_duration_seconds_count{draw64_browser_timing="ttfb"',
+    'draw64_browser_duration_seconds_count{draw64_browser_timing="canvas_ready"',
+    'draw64_browser_duration_seconds_count{draw64_browser_timing="draw_echo"',
+    'draw64_browser_socket_events_total{draw64_browser_socket_event="connect"',
+    'draw64_browser_reports_total{draw64_report_outcome="accepted"',
+  ]);
+
   step('the server drops the page; the page reconnects and shows a change made while away');
   await stopServer(server);
   await a.waitForFunction(() => document.body.dataset.connection !== 'open', null, { timeout: 10000 });
@@ -138,6 +165,26 @@ try {
   assert.equal(put.status, 200);
   await a.waitForFunction(() => document.body.dataset.connection === 'open', null, { timeout: 15000 });
   await waitCell(a, 30, 30, blue);
+
+  step('the reconnect, and an error thrown in a page, reach the new server as metrics');
+  {
+    const c = await browser.newPage();
+    await c.goto(base);
+    await ready(c);
+    // Resolves once the page's own error listeners (the reporter's first) have seen it.
+    await c.evaluate(() => new Promise((resolve) => {
+      addEventListener('error', () => setTimeout(resolve, 0), { once: true });
+      setTimeout(() => { throw new RangeError('thrown by the browser test'); }, 0);
+    }));
+    await c.evaluate(() => rum.flush());
+    await a.evaluate(() => rum.flush());
+    await waitSeries(server, [
+      'draw64_browser_duration_seconds_count{draw64_browser_timing="reconnect"',
+      'draw64_browser_socket_events_total{draw64_browser_socket_event="reconnect"',
+      'draw64_browser_errors_total{error_type="RangeError"',
+    ]);
+    await c.close();
+  }
 
   await a.screenshot({ path: join(OUT, 'page.png') });
   step(`screenshot saved to ${join(OUT, 'page.png')}`);
