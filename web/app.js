@@ -82,8 +82,9 @@ async function loadImage() {
 
 function send(command) {
   if (socket && socket.readyState === WebSocket.OPEN) {
-    if (command.values) rum.sending(command.values);
-    socket.send(JSON.stringify({ command }));
+    // The stroke's trace context rides along; the server strips it before relaying.
+    const traceparent = command.values ? rum.sending(command.values) : undefined;
+    socket.send(JSON.stringify(traceparent ? { command, traceparent } : { command }));
   } else {
     setStatus('Not connected: change not sent.');
   }

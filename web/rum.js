@@ -14,9 +14,14 @@ const rum = (() => {
     if (queue.length < MAX_EVENTS) queue.push(event);
   }
 
-  function timing(name, ms) {
-    if (Number.isFinite(ms) && ms >= 0) push({ type: 'timing', name, value: Math.round(ms * 100) / 100 });
+  function timing(name, ms, traceId) {
+    if (!Number.isFinite(ms) || ms < 0) return;
+    const event = { type: 'timing', name, value: Math.round(ms * 100) / 100 };
+    if (traceId) event.trace_id = traceId;
+    push(event);
   }
+
+  const hex = (bytes) => Array.from(crypto.getRandomValues(new Uint8Array(bytes)), (b) => b.toString(16).padStart(2, '0')).join('');
 
   function socket(event, code) {
     push(code === undefined ? { type: 'socket', event } : { type: 'socket', event, code });
@@ -87,17 +92,20 @@ const rum = (() => {
   let connects = 0;
   return {
     flush: () => { vitals(); flush(false); },
-    /** A command this tab sends; its echo is matched by its values. */
+    /** A command this tab sends; answers the W3C traceparent to send with it (a new trace
+     * per stroke, sampled). Its echo is matched by its values. */
     sending(values) {
-      if (sent.size < 256) sent.set(JSON.stringify(values), performance.now());
+      const traceId = hex(16);
+      if (sent.size < 256) sent.set(JSON.stringify(values), { at: performance.now(), traceId });
+      return `00-${traceId}-${hex(8)}-01`;
     },
     /** A command the server relayed: this tab's own one closes its draw→echo latency. */
     relayed(values) {
       const key = JSON.stringify(values);
-      const at = sent.get(key);
-      if (at !== undefined) {
+      const mine = sent.get(key);
+      if (mine !== undefined) {
         sent.delete(key);
-        timing('draw_echo', performance.now() - at);
+        timing('draw_echo', performance.now() - mine.at, mine.traceId);
       }
     },
     canvasPainted() {

@@ -22,6 +22,8 @@ enum WireEvent {
     Timing {
         name: Timing,
         value: f64,
+        #[serde(default)]
+        trace_id: Option<String>,
     },
     Socket {
         event: Socket,
@@ -113,9 +115,20 @@ const ERROR_KINDS: [&str; 8] = [
 
 #[derive(Debug, PartialEq)]
 pub enum Event {
-    Timing { name: Timing, value: f64 },
-    Socket { event: Socket, code: &'static str },
-    Error { kind: &'static str, message: String },
+    /// `trace_id`: for a draw→echo, the trace of that stroke (32 lowercase hexadecimal digits).
+    Timing {
+        name: Timing,
+        value: f64,
+        trace_id: Option<String>,
+    },
+    Socket {
+        event: Socket,
+        code: &'static str,
+    },
+    Error {
+        kind: &'static str,
+        message: String,
+    },
 }
 
 #[derive(Debug, PartialEq)]
@@ -149,11 +162,20 @@ impl Report {
 impl Event {
     fn from_wire(wire: WireEvent) -> Result<Self, ReportError> {
         Ok(match wire {
-            WireEvent::Timing { name, value } => {
+            WireEvent::Timing { name, value, trace_id } => {
                 if !value.is_finite() || !(0.0..=name.limit()).contains(&value) {
                     return Err(ReportError::Invalid(format!("{} must be from 0 to {}", name.as_str(), name.limit())));
                 }
-                Event::Timing { name, value }
+                let trace_ok = |t: &String| {
+                    name == Timing::DrawEcho
+                        && t.len() == 32
+                        && t.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                        && t.bytes().any(|b| b != b'0')
+                };
+                if trace_id.as_ref().is_some_and(|t| !trace_ok(t)) {
+                    return Err(ReportError::Invalid("trace_id: 32 lowercase hex digits, on draw_echo only".into()));
+                }
+                Event::Timing { name, value, trace_id }
             }
             WireEvent::Socket { event, code } => {
                 let code = match code {
@@ -182,17 +204,20 @@ mod tests {
     fn a_report_parses_into_bounded_events() {
         let body = br#"{"session":"0123456789abcdef","events":[
             {"type":"timing","name":"lcp","value":812.5},
+            {"type":"timing","name":"draw_echo","value":9,"trace_id":"0af7651916cd43dd8448eb211c80319c"},
             {"type":"timing","name":"cls","value":0.02},
             {"type":"socket","event":"close","code":1006},
             {"type":"socket","event":"reconnect","code":3999},
             {"type":"socket","event":"connect"},
             {"type":"error","kind":"WeirdError","message":"x is undefined"}]}"#;
         let report = Report::parse_json(body).unwrap();
-        assert_eq!(report.events[0], Event::Timing { name: Timing::Lcp, value: 812.5 });
-        assert_eq!(report.events[2], Event::Socket { event: Socket::Close, code: "1006" });
-        assert_eq!(report.events[3], Event::Socket { event: Socket::Reconnect, code: "other" });
-        assert_eq!(report.events[4], Event::Socket { event: Socket::Connect, code: "none" });
-        assert_eq!(report.events[5], Event::Error { kind: "Error", message: "x is undefined".into() });
+        assert_eq!(report.events[0], Event::Timing { name: Timing::Lcp, value: 812.5, trace_id: None });
+        let trace_id = Some("0af7651916cd43dd8448eb211c80319c".to_owned());
+        assert_eq!(report.events[1], Event::Timing { name: Timing::DrawEcho, value: 9.0, trace_id });
+        assert_eq!(report.events[3], Event::Socket { event: Socket::Close, code: "1006" });
+        assert_eq!(report.events[4], Event::Socket { event: Socket::Reconnect, code: "other" });
+        assert_eq!(report.events[5], Event::Socket { event: Socket::Connect, code: "none" });
+        assert_eq!(report.events[6], Event::Error { kind: "Error", message: "x is undefined".into() });
     }
 
     #[test]
@@ -219,6 +244,8 @@ mod tests {
             r#"{"session":"abcdef01","events":[{"type":"timing","name":"load","value":-1}]}"#,
             r#"{"session":"abcdef01","events":[{"type":"timing","name":"load","value":1e9}]}"#,
             r#"{"session":"abcdef01","events":[{"type":"timing","name":"cls","value":101}]}"#,
+            r#"{"session":"abcdef01","events":[{"type":"timing","name":"lcp","value":1,"trace_id":"0af7651916cd43dd8448eb211c80319c"}]}"#,
+            r#"{"session":"abcdef01","events":[{"type":"timing","name":"draw_echo","value":1,"trace_id":"not-a-trace"}]}"#,
             r#"{"session":"abcdef01","events":[{"type":"timing","name":"load","value":1,"url":"x"}]}"#,
             r#"{"session":"abcdef01","events":[{"type":"timing","name":"load","value":1}],"user":"me"}"#,
             &many,

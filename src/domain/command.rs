@@ -33,6 +33,10 @@ impl CommandError {
 #[derive(serde::Deserialize)]
 struct Body {
     command: RawCommand,
+    /// A WebSocket frame's optional W3C trace context: the page's stroke, which the server's
+    /// command span continues. Never relayed (events are encoded from the parsed command).
+    #[serde(default)]
+    traceparent: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -46,8 +50,17 @@ impl Command {
     /// Parses a whole body, `{"command": {...}}`. Nothing is applied until every pixel has
     /// been checked, so a rejected command changes nothing.
     pub fn parse_json(body: &[u8]) -> Result<Self, CommandError> {
+        Self::parse_frame(body).map(|(command, _)| command)
+    }
+
+    /// Parses a WebSocket frame: the command and the `traceparent` that came with it, if any.
+    pub fn parse_frame(body: &[u8]) -> Result<(Self, Option<String>), CommandError> {
         let body: Body = serde_json::from_slice(body).map_err(|e| CommandError::new(e.to_string()))?;
-        match (body.command.command_type.as_str(), body.command.values) {
+        Ok((Self::from_raw(body.command)?, body.traceparent))
+    }
+
+    fn from_raw(command: RawCommand) -> Result<Self, CommandError> {
+        match (command.command_type.as_str(), command.values) {
             ("draw", Some(values)) => Ok(Command::Draw(values)),
             ("draw", None) => Err(CommandError::new("a draw command needs \"values\": [[x, y, r, g, b], ...]")),
             ("clear_canvas", _) => Ok(Command::ClearCanvas),

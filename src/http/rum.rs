@@ -31,6 +31,8 @@ pub const MAX_REPORT: usize = 16 * 1024;
 const PER_CLIENT: (f64, f64) = (2.0, 20.0);
 /// Reports per second from everyone together, and the burst.
 const IN_ALL: (f64, f64) = (500.0, 1000.0);
+/// A draw→echo at least this slow is logged with its stroke's trace id.
+const SLOW_STROKE_MS: f64 = 250.0;
 /// Client buckets kept; past this, the idle ones are forgotten.
 const MAX_CLIENTS: usize = 10_000;
 
@@ -84,9 +86,15 @@ fn record(report: &Report) {
     let m = metrics();
     for event in &report.events {
         match event {
-            Event::Timing { name: Timing::Cls, value } => m.browser_layout_shift.record(*value, &[]),
-            Event::Timing { name, value } => {
-                m.browser_duration.record(value / 1000.0, &[KeyValue::new("draw64.browser.timing", name.as_str())])
+            Event::Timing { name: Timing::Cls, value, .. } => m.browser_layout_shift.record(*value, &[]),
+            Event::Timing { name, value, trace_id } => {
+                m.browser_duration.record(value / 1000.0, &[KeyValue::new("draw64.browser.timing", name.as_str())]);
+                // A slow stroke names its trace: from the browser's p99 to the server's spans.
+                if let Some(trace_id) = trace_id
+                    && *value >= SLOW_STROKE_MS
+                {
+                    tracing::info!(stroke.trace_id = %trace_id, latency_ms = value, session = %report.session, "slow stroke");
+                }
             }
             Event::Socket { event, code } => m.browser_socket_events.add(
                 1,

@@ -11,6 +11,7 @@ pub const EVERY_KIND: &str = r#"{"session":"0123456789abcdef","events":[
     {"type":"timing","name":"ttfb","value":12},
     {"type":"timing","name":"lcp","value":850},
     {"type":"timing","name":"draw_echo","value":7.5},
+    {"type":"timing","name":"draw_echo","value":400,"trace_id":"0af7651916cd43dd8448eb211c80319c"},
     {"type":"timing","name":"cls","value":0.02},
     {"type":"socket","event":"close","code":1006},
     {"type":"socket","event":"reconnect"},
@@ -42,7 +43,7 @@ async fn reports_become_browser_metrics_and_error_logs() {
     for (series, want) in [
         (r#"draw64_browser_duration_seconds_count{draw64_browser_timing="lcp""#, 1.0),
         (r#"draw64_browser_duration_seconds_sum{draw64_browser_timing="lcp""#, 0.85),
-        (r#"draw64_browser_duration_seconds_count{draw64_browser_timing="draw_echo""#, 1.0),
+        (r#"draw64_browser_duration_seconds_count{draw64_browser_timing="draw_echo""#, 2.0),
         ("draw64_browser_layout_shift_ratio_count", 1.0),
         (r#"draw64_browser_socket_events_total{draw64_browser_socket_event="close",draw64_close_code="1006""#, 1.0),
         (r#"draw64_browser_errors_total{error_type="TypeError""#, 1.0),
@@ -62,7 +63,7 @@ async fn reports_become_browser_metrics_and_error_logs() {
         if logged {
             break;
         }
-        assert!(Instant::now() < deadline, "no browser error log line");
+        assert!(Instant::now() < deadline, "no browser error or slow stroke log line");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -399,3 +399,49 @@ impl OutputWithStdin for std::process::Command {
         child.wait_with_output().ok()
     }
 }
+
+/// A frame may carry the page's stroke as a W3C `traceparent`: the server's command span
+/// continues that trace (so a slow stroke seen in the browser leads to its server trace), and
+/// the relayed event is the command exactly as without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_s_traceparent_is_the_parent_of_its_command_span_and_is_not_relayed() {
+    let receiver = Receiver::start().await;
+    let endpoint = format!("http://{}", receiver.grpc);
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let server = Server::start_env(&test_db(&dir), "127.0.0.1:0", &["--drain-grace", "0"], &env, None);
+    let mut ws = ws_connect(&format!("ws://{}/ws/images/stroke", server.addr)).await;
+    let stroke = "0af7651916cd43dd8448eb211c80319c";
+    let frame = format!(
+        r#"{{"command":{{"command_type":"draw","values":[[1,2,3,4,5]]}},"traceparent":"00-{stroke}-b7ad6b7169203331-01"}}"#
+    );
+    ws_send(&mut ws, &frame).await;
+    let echo = next_event(&mut ws).await;
+    assert_eq!(
+        echo,
+        serde_json::json!({"event": {"event_type": "image_updated", "image_id": "stroke",
+            "command": {"command_type": "draw", "values": [[1, 2, 3, 4, 5]]}}})
+    );
+    drop(ws);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        {
+            let got = receiver.sink.0.lock().unwrap();
+            if let Some(command) = got.spans.iter().find(|s| s.name == "ws command") {
+                assert_eq!(hex(&command.trace_id), stroke);
+                assert_eq!(hex(&command.parent_span_id), "b7ad6b7169203331");
+                let connect = got.spans.iter().find(|s| s.name == "ws connect");
+                if let Some(connect) = connect {
+                    assert!(command.links.iter().any(|l| l.span_id == connect.span_id), "still linked to the connect");
+                    break;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no ws command span in the stroke's trace");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

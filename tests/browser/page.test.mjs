@@ -61,6 +61,11 @@ const browser = await launch();
 let failed = false;
 try {
   const [a, b] = await twoPages(browser, () => { failed = true; });
+  // What page A sends: its WebSocket frames and its reports.
+  const framesSent = [];
+  const reports = [];
+  a.on('websocket', (ws) => ws.on('framesent', (f) => framesSent.push(String(f.payload))));
+  a.on('request', (r) => { if (r.url().endsWith('/rum')) reports.push(r.postData()); });
 
   step('page A opens default; the user count shows 1');
   await a.goto(base);
@@ -150,6 +155,13 @@ try {
     'draw64_browser_socket_events_total{draw64_browser_socket_event="connect"',
     'draw64_browser_reports_total{draw64_report_outcome="accepted"',
   ]);
+  // Each stroke went out with a trace context of its own, and its draw→echo names that trace.
+  const strokeTraces = framesSent.map((f) => JSON.parse(f).traceparent?.split('-')[1]).filter(Boolean);
+  assert.ok(strokeTraces.length > 0, 'no frame carried a traceparent');
+  const echoTraces = reports.flatMap((r) => JSON.parse(r).events)
+    .filter((e) => e.name === 'draw_echo').map((e) => e.trace_id);
+  assert.ok(echoTraces.length > 0 && echoTraces.every((t) => strokeTraces.includes(t)),
+    `draw_echo trace ids ${echoTraces} are not the strokes' ${strokeTraces}`);
 
   step('the server drops the page; the page reconnects and shows a change made while away');
   await stopServer(server);

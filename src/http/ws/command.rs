@@ -23,6 +23,7 @@ use crate::{
         error::{ApiError, count_rejection},
     },
     service::ServiceError,
+    telemetry::propagation::parse_traceparent,
 };
 
 /// The outcome of a queued command: `Some(detail)` when it was refused.
@@ -38,22 +39,35 @@ pub struct Origin<'a> {
 /// Parses `frame` and queues it; `Err(detail)` when refused at once.
 pub async fn handle(app: &AppState, origin: &Origin<'_>, frame: &[u8]) -> Result<Pending, String> {
     let tracer = crate::telemetry::span::tracer();
-    let mut span =
-        tracer.span_builder("ws command").with_kind(SpanKind::Consumer).start_with_context(tracer, &Context::new());
+    let started = std::time::SystemTime::now();
+    let parsed = Command::parse_frame(frame);
+    let validated = std::time::SystemTime::now();
+    // The page's stroke, when it sent one, is the parent: its trace is the stroke's, from the
+    // browser to the commit. Otherwise the command is a trace of its own.
+    let parent = match &parsed {
+        Ok((_, Some(traceparent))) => {
+            parse_traceparent(traceparent).map_or_else(Context::new, |sc| Context::new().with_remote_span_context(sc))
+        }
+        _ => Context::new(),
+    };
+    let mut span = tracer
+        .span_builder("ws command")
+        .with_kind(SpanKind::Consumer)
+        .with_start_time(started)
+        .start_with_context(tracer, &parent);
     if span.is_recording() {
         span.add_link(origin.connect.clone(), Vec::new());
         span.set_attribute(KeyValue::new("draw64.image.id", origin.image.to_string()));
         span.set_attribute(KeyValue::new("draw64.ws.session_id", origin.session_id.to_owned()));
     }
-    let cx = Context::new().with_span(span);
-    let parsed = {
-        let mut validate = tracer.start_with_context("validate", &cx);
-        let parsed = Command::parse_json(frame);
-        validate.end();
-        parsed
-    };
+    let cx = parent.with_span(span);
+    tracer
+        .span_builder("validate")
+        .with_start_time(started)
+        .start_with_context(tracer, &cx)
+        .end_with_timestamp(validated);
     let command = match parsed {
-        Ok(command) => command,
+        Ok((command, _)) => command,
         Err(e) => {
             count_in("invalid");
             let e = ApiError::from(e);
