@@ -134,15 +134,7 @@ async fn otlp_over_http_receives_the_spans_and_logs_of_a_put() {
 /// commit; a refused frame's span carries `error.type`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_command_is_a_trace_of_its_own_linked_to_the_connect() {
-    let receiver = Receiver::start().await;
-    let endpoint = format!("http://{}", receiver.grpc);
-    let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-    ];
-    let server = Server::start_env(&test_db(&dir), "127.0.0.1:0", &["--drain-grace", "0"], &env, None);
+    let (receiver, server, _dir) = traced_server().await;
     let mut ws = ws_connect(&format!("ws://{}/ws/images/spans", server.addr)).await;
     ws_send(&mut ws, &draw(&[[2, 3, 9, 9, 9]])).await;
     assert_eq!(next_event(&mut ws).await["event"]["event_type"], "image_updated");
@@ -405,15 +397,7 @@ impl OutputWithStdin for std::process::Command {
 /// the relayed event is the command exactly as without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_s_traceparent_is_the_parent_of_its_command_span_and_is_not_relayed() {
-    let receiver = Receiver::start().await;
-    let endpoint = format!("http://{}", receiver.grpc);
-    let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-    ];
-    let server = Server::start_env(&test_db(&dir), "127.0.0.1:0", &["--drain-grace", "0"], &env, None);
+    let (receiver, server, _dir) = traced_server().await;
     let mut ws = ws_connect(&format!("ws://{}/ws/images/stroke", server.addr)).await;
     let stroke = "0af7651916cd43dd8448eb211c80319c";
     let frame = format!(
@@ -444,4 +428,18 @@ async fn a_frame_s_traceparent_is_the_parent_of_its_command_span_and_is_not_rela
         assert!(Instant::now() < deadline, "no ws command span in the stroke's trace");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The real binary exporting its spans over OTLP/gRPC to an in-test receiver, every 100 ms.
+async fn traced_server() -> (Receiver, Server, tempfile::TempDir) {
+    let receiver = Receiver::start().await;
+    let endpoint = format!("http://{}", receiver.grpc);
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let server = Server::start_env(&test_db(&dir), "127.0.0.1:0", &["--drain-grace", "0"], &env, None);
+    (receiver, server, dir)
 }
