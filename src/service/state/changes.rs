@@ -138,6 +138,15 @@ mod tests {
     use super::*;
     use crate::service::{replica::Replica, state::Announcement};
 
+    /// The state of an instance on a shared store, the bus's door into it, and an SSE listener.
+    fn shared_state() -> (Arc<State>, Replica, tokio::sync::broadcast::Receiver<Announcement>) {
+        let (state, requests) = State::new(true);
+        let state = Arc::new(state);
+        let replica = Replica::new(state.clone(), requests.unwrap());
+        let sse = state.subscribe_announcements();
+        (state, replica, sse)
+    }
+
     fn names(rx: &mut tokio::sync::broadcast::Receiver<Announcement>) -> Vec<&'static str> {
         std::iter::from_fn(|| rx.try_recv().ok()).map(|a| a.name).collect()
     }
@@ -146,10 +155,7 @@ mod tests {
     /// after the writer's commit and before the writer's publish.
     #[tokio::test]
     async fn an_image_this_instance_creates_is_announced_once_after_its_user_connected() {
-        let (state, requests) = State::new(true);
-        let state = Arc::new(state);
-        let replica = Replica::new(state.clone(), requests.unwrap());
-        let mut sse = state.subscribe_announcements();
+        let (state, replica, mut sse) = shared_state();
         let id = ImageId::parse("fresh").unwrap();
 
         let creating = state.creating(vec![id.clone()]);
@@ -165,10 +171,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_image_created_elsewhere_is_announced_once_whoever_sees_it_first() {
-        let (state, requests) = State::new(true);
-        let state = Arc::new(state);
-        let replica = Replica::new(state.clone(), requests.unwrap());
-        let mut sse = state.subscribe_announcements();
+        let (state, replica, mut sse) = shared_state();
         let id = ImageId::parse("remote").unwrap();
         assert!(state.add_image(&id, 3, Canvas::default(), 0, Announce::Now));
         replica.add(&id, 3, Canvas::default(), 0);
