@@ -57,6 +57,7 @@ impl App {
             bus,
             prometheus: telemetry.and_then(|t| t.prometheus.clone()),
             rum_limits: Default::default(),
+            fire_drills: config.fire_drills,
         });
         Ok(Self {
             listener,

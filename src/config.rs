@@ -40,6 +40,11 @@ pub struct Config {
     #[arg(long, env = "DRAW64_WS_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
     pub ws_ping_interval: Duration,
 
+    /// Let the metrics port arm fire drills (`POST /debug/panic?in=request|writer`): a panic
+    /// on purpose, to check that panics are caught, recorded and alerted on. Off by default.
+    #[arg(long, env = "DRAW64_FIRE_DRILLS")]
+    pub fire_drills: bool,
+
     /// Logs and metrics exposition (`--log-format`, `--log`, `--metrics-listen`).
     #[command(flatten)]
     pub telemetry: crate::telemetry::Options,

@@ -8,7 +8,7 @@
 //! app → http → service → store → domain
 //!   │     │       ↑        ↑
 //!   │     └────→ bus ──────┘        bus → service (only `Replica`), store (`store::postgres`)
-//!   └→ config → store, telemetry    telemetry, lifecycle, domain: use none of the others
+//!   └→ config → store, telemetry    telemetry, lifecycle, domain, drill: use none of the others
 //! ```
 //!
 //! - [`domain`]: pure types and rules (ids, canvas, commands, events, PNG); no I/O.
@@ -21,7 +21,8 @@
 //! - [`bus`]: cross-instance fan-out behind the [`bus::Bus`] trait (PostgreSQL LISTEN/NOTIFY).
 //! - [`http`]: axum routers built from one route table (REST, WebSocket, SSE, health, page,
 //!   docs, metrics port), the observing middleware and the one error → response mapping.
-//! - [`lifecycle`]: serving → draining → closing, and the shutdown signals.
+//! - [`lifecycle`]: serving → draining → closing, and the shutdown signals; [`drill`]: panics
+//!   on purpose, armed from the metrics port, to prove that they are caught and recorded.
 //! - [`app`]: builds all of the above from a [`config::Config`] and runs it.
 //! - [`config`]: the server's flags and environment; [`telemetry`]: logs, traces and metrics
 //!   (providers, exporters, host metrics, the metric registry).
@@ -30,6 +31,7 @@ pub mod app;
 pub mod bus;
 pub mod config;
 pub mod domain;
+pub mod drill;
 pub mod http;
 pub mod lifecycle;
 pub mod service;

@@ -40,6 +40,16 @@ pub enum ApiError {
     NoRoute,
     #[error("Method Not Allowed")]
     MethodNotAllowed,
+    #[error("Internal server error; the request was not completed.")]
+    Panicked,
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    #[error("{0}")]
+    Disabled(&'static str),
+    #[error("{0}")]
+    Busy(&'static str),
+    #[error("{0}")]
+    ProfileFailed(String),
 }
 
 impl From<axum::extract::rejection::PathRejection> for ApiError {
@@ -64,7 +74,11 @@ impl ApiError {
             | ApiError::InvalidCommand(_)
             | ApiError::NotJson(_)
             | ApiError::BadBody(_)
-            | ApiError::InvalidReport(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            | ApiError::InvalidReport(_)
+            | ApiError::InvalidQuery(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Disabled(_) => StatusCode::FORBIDDEN,
+            ApiError::Busy(_) => StatusCode::CONFLICT,
+            ApiError::Panicked | ApiError::ProfileFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::CrossOrigin => StatusCode::FORBIDDEN,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,

@@ -2,6 +2,7 @@
 //! the middleware every response passes through; the one error → response mapping.
 
 pub mod api;
+mod debug;
 pub mod docs;
 pub mod error;
 mod extract;
@@ -56,6 +57,8 @@ pub struct Shared {
     pub prometheus: Option<prometheus::Registry>,
     /// The rates of `POST /rum`.
     pub rum_limits: rum::RumLimits,
+    /// Whether the metrics port may arm fire drills (`--fire-drills`).
+    pub fire_drills: bool,
 }
 
 /// The public port's router (`routes::public`, and the docs).

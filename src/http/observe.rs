@@ -3,15 +3,16 @@
 //! The route is the template (`/images/{image_id}`), never the raw path, so metric
 //! cardinality stays bounded.
 
-use std::time::Instant;
+use std::{panic::AssertUnwindSafe, time::Instant};
 
 use axum::{
     body::HttpBody,
     extract::{MatchedPath, Request, State},
     http::{HeaderMap, Method, header},
     middleware::Next,
-    response::Response,
+    response::{IntoResponse as _, Response},
 };
+use futures_util::FutureExt as _;
 use std::sync::OnceLock;
 
 use opentelemetry::{
@@ -22,7 +23,7 @@ use opentelemetry::{
 use opentelemetry_semantic_conventions::attribute as attr;
 
 use super::{AppState, routes::templates};
-use crate::telemetry::metrics;
+use crate::telemetry::{errors, metrics};
 
 struct Headers<'a>(&'a HeaderMap);
 
@@ -100,7 +101,21 @@ pub async fn observe(State(app): State<AppState>, req: Request, next: Next) -> R
     let m = metrics();
     let active = [KeyValue::new(attr::HTTP_REQUEST_METHOD, method), KeyValue::new(attr::URL_SCHEME, "http")];
     m.http_active.add(1, &active);
-    let mut res = next.run(req).with_context(cx.clone()).await;
+    // A panic in a handler is recorded by the panic hook (in the handler's span) and answered
+    // here with a 500, so the connection and the instance go on.
+    let handled = AssertUnwindSafe(async move {
+        if crate::drill::take(crate::drill::Drill::Request) {
+            panic!("fire drill: a panic in a request handler");
+        }
+        next.run(req).await
+    })
+    .catch_unwind()
+    .with_context(cx.clone())
+    .await;
+    let (mut res, panicked) = match handled {
+        Ok(res) => (res, false),
+        Err(_) => (super::error::ApiError::Panicked.into_response(), true),
+    };
     m.http_active.add(-1, &active);
     // One middleware for both: each layer costs every request a boxed future and a clone.
     super::middleware::stamp(&app, &mut res);
@@ -118,9 +133,21 @@ pub async fn observe(State(app): State<AppState>, req: Request, next: Next) -> R
     if let Some(r) = route {
         attrs.push(KeyValue::new(attr::HTTP_ROUTE, r));
     }
-    if status.is_server_error() {
-        span.set_attribute(KeyValue::new(attr::ERROR_TYPE, status.as_str().to_owned()));
-        span.set_status(Status::error(status.canonical_reason().unwrap_or("server error")));
+    // Only the server's own failures are errors (4xx are the client's, by the convention).
+    if panicked {
+        attrs.push(KeyValue::new(attr::ERROR_TYPE, "panic"));
+    } else if status.is_server_error() {
+        // The cause, when the answer carries one, was logged where it happened (the writer, a
+        // timeout): here it becomes this request's exception event, not a second log record.
+        match res.extensions_mut().remove::<super::error::Fault>() {
+            Some(fault) => {
+                errors::mark(&cx, status.as_str(), "draw64::service::ServiceError", &fault.0, None);
+            }
+            None => {
+                span.set_attribute(KeyValue::new(attr::ERROR_TYPE, status.as_str().to_owned()));
+                span.set_status(Status::error(status.canonical_reason().unwrap_or("server error")));
+            }
+        }
         attrs.push(KeyValue::new(attr::ERROR_TYPE, status.as_str().to_owned()));
     }
     let took = started.elapsed();
@@ -133,11 +160,6 @@ pub async fn observe(State(app): State<AppState>, req: Request, next: Next) -> R
     }
     {
         let _attached = cx.clone().attach();
-        // The error is recorded here, once, with the request's trace: the answer only says it
-        // in short (`error::Fault`).
-        if let Some(fault) = res.extensions_mut().remove::<super::error::Fault>() {
-            tracing::error!(cause = %fault.0, route, "storage unavailable");
-        }
         // The access log: debug, so it costs nothing unless asked for (DRAW64_LOG=info,draw64=debug).
         tracing::debug!(method, status = status.as_u16(), duration_s = took.as_secs_f64(), "request");
     }

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use axum::routing::{MethodRouter, get, post};
 
-use super::{AppState, api, health, metrics_port, rum, sse, web, ws};
+use super::{AppState, api, debug, health, metrics_port, rum, sse, web, ws};
 
 pub struct Route {
     pub template: &'static str,
@@ -37,12 +37,15 @@ pub fn public() -> Vec<Route> {
     ]
 }
 
-/// The metrics port: the exposition, and health for the scraper's network.
+/// The metrics port: the exposition, health for the scraper's network, and the operators'
+/// tools (profiles, fire drills).
 pub fn metrics_port() -> Vec<Route> {
     vec![
         route("/metrics", get(metrics_port::metrics), false),
         route("/healthz", get(health::healthz), false),
         route("/readyz", get(health::readyz), false),
+        route("/debug/pprof/profile", get(debug::profile), false),
+        route("/debug/panic", post(debug::panic), false),
     ]
 }
 

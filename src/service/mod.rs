@@ -36,6 +36,7 @@ use writer::{Job, Op, Writer};
 use crate::{
     domain::{Canvas, Command, ImageId},
     store::{Store, StoreError},
+    telemetry::errors::{Severity, Source, record},
 };
 
 /// Capacity of the writer's queue: callers wait (backpressure) rather than grow memory.
@@ -176,7 +177,12 @@ impl Service {
     pub async fn ping(&self, timeout: Duration) -> Result<(), ServiceError> {
         match tokio::time::timeout(timeout, self.call(|reply| Op::Ping { reply })).await {
             Ok(result) => result,
-            Err(_) => Err(ServiceError::Unavailable(format!("no answer within {timeout:?}"))),
+            Err(_) => {
+                let e = ServiceError::Unavailable(format!("no answer within {timeout:?}"));
+                let cx = opentelemetry::Context::current();
+                record(&cx, Source::Writer, "timeout", &e, Severity::Warn, "the writer does not answer");
+                Err(e)
+            }
         }
     }
 

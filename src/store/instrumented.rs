@@ -7,12 +7,18 @@ use std::time::{Duration, Instant};
 use opentelemetry::{
     Context, KeyValue,
     global::BoxedSpan,
-    trace::{Link, Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _},
+    trace::{Link, SpanKind, TraceContextExt as _, Tracer as _},
 };
 use opentelemetry_semantic_conventions::attribute as attr;
 
 use super::{Commit, Describe, Locked, Snapshot, Store, StoreError, Write};
-use crate::{domain::ImageId, telemetry::metrics};
+use crate::{
+    domain::ImageId,
+    telemetry::{
+        errors::{self, Severity, Source},
+        metrics,
+    },
+};
 
 /// At most this many requests are linked from one batch's database span.
 const MAX_LINKS: usize = 64;
@@ -52,15 +58,17 @@ impl Instrumented {
     pub fn commit(&mut self, commit: &Commit<'_>, contexts: &[Context], operations: usize) -> Result<(), StoreError> {
         let upserts_only = commit.writes.iter().all(|w| matches!(w, Write::Upsert(_)));
         let operation = if upserts_only { "BATCH UPSERT" } else { "BATCH" };
-        let mut span = self.span(operation, contexts, commit.writes.len());
+        let span = self.span(operation, contexts, commit.writes.len());
         let started = Instant::now();
         let result = self.store.commit(commit);
         self.record(operation, started.elapsed(), result.as_ref().err().map(|_| "commit_failed"));
         metrics().batch_size.record(operations as u64, &[]);
-        if let (Some(span), Err(e)) = (&mut span, &result) {
-            span.set_status(Status::error(e.to_string()));
-            span.set_attribute(KeyValue::new(attr::ERROR_TYPE, "commit_failed"));
+        let cx = span.map(|s| Context::new().with_span(s)).unwrap_or_default();
+        if let Err(e) = &result {
+            // The one record of a failed commit: every caller in the batch answers 503 from it.
+            errors::record(&cx, Source::Writer, "commit_failed", e, Severity::Error, "commit failed; batch rolled back");
         }
+        cx.span().end();
         result
     }
 

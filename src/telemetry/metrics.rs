@@ -41,6 +41,7 @@ pub struct Metrics {
     pub subscriber_lagged: Counter<u64>,
     pub batch_size: Histogram<u64>,
     pub panics: Counter<u64>,
+    pub errors: Counter<u64>,
     pub browser_duration: Histogram<f64>,
     pub browser_layout_shift: Histogram<f64>,
     pub browser_socket_events: Counter<u64>,
@@ -78,6 +79,7 @@ pub fn metrics() -> &'static Metrics {
             &m.pixels_drawn,
             &m.subscriber_lagged,
             &m.panics,
+            &m.errors,
             &m.browser_socket_events,
             &m.browser_errors,
             &m.browser_reports,
@@ -168,6 +170,7 @@ impl Metrics {
                 .with_boundaries(BATCH_BUCKETS.to_vec())
                 .build(),
             panics: counter(meter, "draw64.panics"),
+            errors: counter(meter, "draw64.errors"),
             browser_duration: histogram(meter, "draw64.browser.duration", BROWSER_BUCKETS),
             browser_layout_shift: histogram(meter, "draw64.browser.layout_shift", SHIFT_BUCKETS),
             browser_socket_events: counter(meter, "draw64.browser.socket.events"),

@@ -11,6 +11,7 @@
 #![deny(deprecated)] // deprecated semantic-convention names must not compile
 
 mod console;
+pub mod errors;
 mod export;
 mod host;
 mod logs;
@@ -20,6 +21,7 @@ pub mod propagation;
 pub mod registry;
 mod resource;
 pub mod settings;
+pub mod profile;
 pub mod span;
 
 use std::{io::IsTerminal, net::SocketAddr};
@@ -67,6 +69,8 @@ pub struct Telemetry {
     tracer: SdkTracerProvider,
     logger: Option<SdkLoggerProvider>,
     meter: SdkMeterProvider,
+    #[cfg(feature = "otlp")]
+    profiles: std::sync::Mutex<Option<profile::otlp::Continuous>>,
 }
 
 impl Telemetry {
@@ -76,6 +80,10 @@ impl Telemetry {
 
     /// Flushes and stops every provider. Blocking: call it off the async workers.
     pub fn shutdown(&self) {
+        #[cfg(feature = "otlp")]
+        if let Some(profiles) = self.profiles.lock().ok().and_then(|mut p| p.take()) {
+            profiles.stop();
+        }
         if let Err(e) = self.tracer.shutdown() {
             eprintln!("draw64: flushing traces: {e}");
         }
@@ -137,7 +145,7 @@ pub fn init(config: &Options) -> Result<Telemetry, TelemetryError> {
     let logger = if settings.logs.is_empty() {
         None
     } else {
-        let mut logger = SdkLoggerProvider::builder().with_resource(resource);
+        let mut logger = SdkLoggerProvider::builder().with_resource(resource.clone());
         for exporter in &settings.logs {
             logger = match exporter {
                 Exporter::Console => {
@@ -164,7 +172,22 @@ pub fn init(config: &Options) -> Result<Telemetry, TelemetryError> {
         logs = ?settings.logs,
         "telemetry ready"
     );
-    Ok(Telemetry { instance_id, settings, prometheus: registry, tracer, logger, meter })
+    #[cfg(feature = "otlp")]
+    let profiles = settings.profiles.clone().map(|p| profile::otlp::Continuous::start(p, &resource)).into();
+    #[cfg(not(feature = "otlp"))]
+    if settings.profiles.is_some() {
+        return Err(TelemetryError::Exporter("OTLP profiles", "this build has no OTLP support (feature `otlp` is off)".into()));
+    }
+    Ok(Telemetry {
+        instance_id,
+        settings,
+        prometheus: registry,
+        tracer,
+        logger,
+        meter,
+        #[cfg(feature = "otlp")]
+        profiles,
+    })
 }
 
 fn install_subscriber(
@@ -208,17 +231,39 @@ fn install_subscriber(
         ),
         None => None,
     };
-    tracing_subscriber::registry().with(fmt_layer.with_filter(filter()?)).with(spans).with(log_bridge).init();
+    let exporter_failures = errors::ExporterFailures.with_filter(filter_fn(errors::is_exporter_failure));
+    tracing_subscriber::registry()
+        .with(fmt_layer.with_filter(filter()?))
+        .with(spans)
+        .with(log_bridge)
+        .with(exporter_failures)
+        .init();
     Ok(())
 }
 
-/// Panics are logged with a backtrace and counted, then the default hook runs.
+/// A panic is recorded here, once, in the thread that panics (so with the span it happened
+/// in): an `exception` event with its stack trace, one log record with the backtrace, and the
+/// counts. The places that catch it (the HTTP layer, a socket's task, the writer) only answer
+/// for it. The default hook does not run: it would print the same panic again, unstructured.
 fn install_panic_hook() {
-    let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let backtrace = std::backtrace::Backtrace::force_capture();
-        tracing::error!(panic = %info, %backtrace, "panic");
+        let backtrace = std::backtrace::Backtrace::force_capture().to_string();
+        let message = match info.payload().downcast_ref::<&str>() {
+            Some(s) => (*s).to_owned(),
+            None => info.payload().downcast_ref::<String>().cloned().unwrap_or_else(|| "panic".to_owned()),
+        };
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        let cx = opentelemetry::Context::current();
+        errors::mark(&cx, "panic", "panic", &message, Some(backtrace.clone()));
+        errors::count(errors::Source::Panic, "panic");
         metrics().panics.add(1, &[]);
-        default(info);
+        let thread = std::thread::current();
+        tracing::error!(
+            exception.message = %message,
+            code.location = %location,
+            thread.name = thread.name().unwrap_or("unnamed"),
+            exception.stacktrace = %backtrace,
+            "panic"
+        );
     }));
 }

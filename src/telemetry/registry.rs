@@ -157,6 +157,13 @@ pub const METRICS: &[MetricDef] = &[
         description: "Operations waiting for the writer (saturation of the write path).",
     },
     MetricDef {
+        name: "draw64.errors",
+        instrument: Counter,
+        unit: "{error}",
+        attributes: &["draw64.error.source", "error.type"],
+        description: "Failures handled away from the HTTP edge, by where (draw64.error.source: ws_command, writer, bus, exporter, panic) and a bounded error.type (commit_failed, lock_failed, ping_failed, timeout, listener_lost, unreadable_change, the exporters' event names, panic). HTTP answers carry error.type in http.server.request.duration.",
+    },
+    MetricDef {
         name: "draw64.panics",
         instrument: Counter,
         unit: "{panic}",

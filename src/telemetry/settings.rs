@@ -38,6 +38,21 @@ pub struct Settings {
     pub metric_interval: Duration,
     /// Where the Prometheus exposition listens, when metrics include `prometheus`.
     pub prometheus_addr: SocketAddr,
+    /// Continuous profiling, when `OTEL_PROFILES_EXPORTER=otlp` (Draw64's own variables while
+    /// the specification has none for profiles).
+    pub profiles: Option<Profiles>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Profiles {
+    /// The full URL: `OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT`, or `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// (with `/v1development/profiles` appended for HTTP), or the OTLP default.
+    pub endpoint: String,
+    pub protocol: Protocol,
+    /// One profile per period: `OTEL_PROFILES_EXPORT_INTERVAL` in milliseconds (10 s).
+    pub interval: Duration,
+    /// `OTEL_EXPORTER_OTLP_PROFILES_TIMEOUT`, or `OTEL_EXPORTER_OTLP_TIMEOUT` (10 s).
+    pub timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -116,7 +131,9 @@ impl Settings {
                 })?
             }
         };
+        let profiles = profiles(&get, endpoint, protocol)?;
         Ok(Self {
+            profiles,
             service_name: get("OTEL_SERVICE_NAME").unwrap_or_else(|| "draw64".into()),
             traces,
             metrics,
@@ -127,6 +144,50 @@ impl Settings {
             prometheus_addr,
         })
     }
+}
+
+fn milliseconds(get: &impl Fn(&str) -> Option<String>, variable: &str) -> Result<Option<Duration>, SettingsError> {
+    let Some(ms) = get(variable) else { return Ok(None) };
+    match ms.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Some(Duration::from_millis(n))),
+        _ => Err(invalid(variable, &ms, "expected a positive number of milliseconds")),
+    }
+}
+
+fn profiles(
+    get: &impl Fn(&str) -> Option<String>,
+    endpoint: Option<String>,
+    protocol: Protocol,
+) -> Result<Option<Profiles>, SettingsError> {
+    // Opt-in, even with an OTLP endpoint set: profiling costs CPU all the time.
+    let on = exporters(get, "OTEL_PROFILES_EXPORTER", &[], &["otlp", "none"])?.contains(&Exporter::Otlp);
+    if !on {
+        return Ok(None);
+    }
+    let protocol = match get("OTEL_EXPORTER_OTLP_PROFILES_PROTOCOL").as_deref() {
+        None => protocol,
+        Some("grpc") => Protocol::Grpc,
+        Some("http/protobuf") => Protocol::HttpProtobuf,
+        Some(other) => {
+            return Err(invalid("OTEL_EXPORTER_OTLP_PROFILES_PROTOCOL", other, "expected grpc or http/protobuf"));
+        }
+    };
+    let endpoint = match (get("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT"), endpoint, protocol) {
+        (Some(full), _, _) => full,
+        (None, Some(base), Protocol::Grpc) => base,
+        (None, Some(base), Protocol::HttpProtobuf) => format!("{}/v1development/profiles", base.trim_end_matches('/')),
+        (None, None, Protocol::Grpc) => "http://localhost:4317".into(),
+        (None, None, Protocol::HttpProtobuf) => "http://localhost:4318/v1development/profiles".into(),
+    };
+    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+        return Err(invalid("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT", &endpoint, "expected an http:// or https:// URL"));
+    }
+    let interval = milliseconds(get, "OTEL_PROFILES_EXPORT_INTERVAL")?.unwrap_or(Duration::from_secs(10));
+    let timeout = match milliseconds(get, "OTEL_EXPORTER_OTLP_PROFILES_TIMEOUT")? {
+        Some(t) => t,
+        None => milliseconds(get, "OTEL_EXPORTER_OTLP_TIMEOUT")?.unwrap_or(Duration::from_secs(10)),
+    };
+    Ok(Some(Profiles { endpoint, protocol, interval, timeout }))
 }
 
 fn exporters(
@@ -201,6 +262,29 @@ mod tests {
         assert_eq!(s.sampler, Sampler::ParentBasedAlwaysOn);
         let s = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")]).unwrap();
         assert_eq!((s.traces, s.logs), (vec![Exporter::Otlp], vec![Exporter::Otlp]));
+    }
+
+    #[test]
+    fn profiles_are_opt_in_and_follow_the_otlp_variables() {
+        let s = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")]).unwrap();
+        assert_eq!(s.profiles, None);
+        let s = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"), ("OTEL_PROFILES_EXPORTER", "otlp")]).unwrap();
+        let p = s.profiles.unwrap();
+        assert_eq!((p.endpoint.as_str(), p.protocol, p.interval), ("http://c:4317", Protocol::Grpc, Duration::from_secs(10)));
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_PROFILES_EXPORTER", "otlp"),
+            ("OTEL_PROFILES_EXPORT_INTERVAL", "2000"),
+        ])
+        .unwrap();
+        let p = s.profiles.unwrap();
+        assert_eq!(p.endpoint, "http://c:4318/v1development/profiles");
+        assert_eq!(p.interval, Duration::from_secs(2));
+        let e = settings(&[("OTEL_PROFILES_EXPORTER", "otlp"), ("OTEL_PROFILES_EXPORT_INTERVAL", "0")]).unwrap_err();
+        assert_eq!(e.variable, "OTEL_PROFILES_EXPORT_INTERVAL");
+        let e = settings(&[("OTEL_PROFILES_EXPORTER", "pyroscope")]).unwrap_err();
+        assert_eq!(e.variable, "OTEL_PROFILES_EXPORTER");
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod browser;
 mod cluster;
 mod concurrency;
 mod deploy;
+mod errors;
 mod lifecycle;
 mod load;
 mod parsers;

@@ -16,11 +16,11 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn attr<'a>(attrs: &'a [opentelemetry_proto::tonic::common::v1::KeyValue], key: &str) -> Option<&'a Any> {
+pub fn attr<'a>(attrs: &'a [opentelemetry_proto::tonic::common::v1::KeyValue], key: &str) -> Option<&'a Any> {
     attrs.iter().find(|kv| kv.key == key)?.value.as_ref()?.value.as_ref()
 }
 
-fn string(v: Option<&Any>) -> Option<&str> {
+pub fn string(v: Option<&Any>) -> Option<&str> {
     match v? {
         Any::StringValue(s) => Some(s),
         _ => None,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use opentelemetry::trace::TraceContextExt as _;
 use tokio_postgres::Client;
 
+use crate::telemetry::errors::{self, Severity, Source};
 use crate::{
     domain::{ImageId, event},
     service::{Delivery, Replica},
@@ -56,7 +57,7 @@ impl Follower {
         let (from, notice) = match notice::decode(payload) {
             Ok(decoded) => decoded,
             Err(e) => {
-                tracing::warn!(error = %e, "ignoring a notice");
+                errors::record(&opentelemetry::Context::new(), Source::Bus, "malformed_notice", &e, Severity::Warn, "ignoring a notice");
                 return Ok(());
             }
         };
@@ -127,8 +128,8 @@ impl Follower {
             let command = match change.command {
                 Ok(command) => command,
                 Err(e) => {
-                    let version = change.version;
-                    tracing::error!(image = %id, version, error = %e, "unreadable change in the log; reloading the image");
+                    let what = "unreadable change in the log; reloading the image";
+                    errors::record(&opentelemetry::Context::new(), Source::Bus, "unreadable_change", &e, Severity::Error, what);
                     if let Some(stored) = store::image(client, id, generation).await? {
                         self.replica.reset(id, generation, stored.canvas, stored.version);
                     }

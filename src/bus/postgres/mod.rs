@@ -21,6 +21,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::Bus;
+use crate::telemetry::errors::{self, Severity, Source};
 use crate::{
     service::Replica,
     store::{
@@ -125,7 +126,9 @@ impl Listener {
                 SessionEnd::Lost(why) => {
                     self.state.first_attempt_over();
                     if self.state.connected.swap(false, Ordering::Relaxed) {
-                        tracing::warn!(error = %why, "lost the listener connection; reconnecting");
+                        let cx = opentelemetry::Context::new();
+                        let what = "lost the listener connection; reconnecting";
+                        errors::record(&cx, Source::Bus, "listener_lost", &why, Severity::Warn, what);
                     } else {
                         tracing::debug!(error = %why, "listener connection failed; retrying");
                     }

@@ -23,7 +23,10 @@ use crate::{
         error::{ApiError, count_rejection},
     },
     service::ServiceError,
-    telemetry::propagation::parse_traceparent,
+    telemetry::{
+        errors::{self, Severity, Source},
+        propagation::parse_traceparent,
+    },
 };
 
 /// The outcome of a queued command: `Some(detail)` when it was refused.
@@ -70,9 +73,10 @@ pub async fn handle(app: &AppState, origin: &Origin<'_>, frame: &[u8]) -> Result
         Ok((command, _)) => command,
         Err(e) => {
             count_in("invalid");
+            // The client's mistake, at information level: one record per refused frame.
+            errors::record(&cx, Source::WsCommand, "invalid_command", &e, Severity::Info, "invalid command refused");
             let e = ApiError::from(e);
             count_rejection(&e);
-            cx.span().set_attribute(KeyValue::new(attr::ERROR_TYPE, "invalid_command"));
             cx.span().end();
             return Err(e.detail());
         }
@@ -102,11 +106,18 @@ pub async fn handle(app: &AppState, origin: &Origin<'_>, frame: &[u8]) -> Result
     }))
 }
 
-/// A refusal from the service: counted, recorded on the command's span, and its detail for the client.
+/// A refusal from the service: counted, recorded on the command's span, and its detail for
+/// the client. A failure on the server's side (503) was logged where it happened (the writer);
+/// here it becomes the command's exception event.
 fn refused(command: &Context, e: ServiceError) -> String {
     let e = ApiError::from(e);
     count_rejection(&e);
-    command.span().set_attribute(KeyValue::new(attr::ERROR_TYPE, e.status().as_str().to_owned()));
+    let status = e.status();
+    if status.is_server_error() {
+        errors::mark(command, status.as_str(), std::any::type_name::<ServiceError>(), &e.to_string(), None);
+    } else {
+        command.span().set_attribute(KeyValue::new(attr::ERROR_TYPE, status.as_str().to_owned()));
+    }
     e.detail()
 }
 

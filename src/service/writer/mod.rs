@@ -25,6 +25,7 @@ use super::{Limits, ServiceError, state::State};
 use crate::{
     domain::{Command, ImageId},
     store::{Commit, Instrumented, Logged, Store, StoreError},
+    telemetry::errors::{self, Severity, Source, record},
 };
 
 /// An operation and the trace context of the request that queued it.
@@ -67,6 +68,12 @@ pub struct Writer {
     store: Instrumented,
     working: Working,
     state: Arc<State>,
+    /// Set when a batch panicked between its commit and the end of its publishing: readers
+    /// may now lag the store, so the instance answers not ready (to be replaced) while it goes
+    /// on serving writes correctly from the reloaded working copy.
+    poisoned: Option<String>,
+    /// Whether the batch in hand is committed but not yet wholly published.
+    publishing: bool,
 }
 
 impl Writer {
@@ -77,7 +84,7 @@ impl Writer {
         state.load(&snapshot.images, snapshot.counters);
         tracing::info!(images = snapshot.images.len(), "images loaded from the store");
         let working = Working::new(snapshot.images, snapshot.counters, limits, fastrand::Rng::new());
-        Ok(Self { store, working, state })
+        Ok(Self { store, working, state, poisoned: None, publishing: false })
     }
 
     /// Runs until every sender is gone or `Stop` arrives, committing what is queued first.
@@ -93,7 +100,7 @@ impl Writer {
                 batch.push(job);
             }
             batch.retain(|job| !matches!(job.0, Op::Stop));
-            self.step(&mut batch);
+            self.step_catching_panics(&mut batch);
             self.store.maintain();
             if stop {
                 tracing::info!("writer stopped; every queued change is committed");
@@ -103,12 +110,50 @@ impl Writer {
         }
     }
 
+    /// [`Writer::step`], surviving a panic in it: the panic hook has recorded it; here the
+    /// batch's callers are answered, the transaction is rolled back and the working copy is
+    /// reloaded from the store, which holds exactly what was committed.
+    fn step_catching_panics(&mut self, batch: &mut Vec<Job>) {
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step(batch)));
+        if caught.is_err() {
+            // Jobs not yet taken from the batch are answered; the taken ones' replies were
+            // dropped with the unwinding (their callers see the writer gone for that call).
+            let error = ServiceError::Unavailable("internal error; the change was not made".into());
+            batch.drain(..).for_each(|(op, _)| op.fail(error.clone()));
+            self.recover();
+        }
+    }
+
+    fn recover(&mut self) {
+        self.store.rollback();
+        self.state.set_committing(false);
+        if std::mem::take(&mut self.publishing) {
+            self.poisoned = Some("a batch panicked while publishing; restart this instance".into());
+        }
+        match self.store.load() {
+            Ok(snapshot) => {
+                self.working = self.working.reloaded(snapshot.images, snapshot.counters);
+                tracing::warn!(poisoned = self.poisoned.is_some(), "writer recovered from a panic");
+            }
+            Err(e) => {
+                let cx = Context::new();
+                record(&cx, Source::Writer, "reload_failed", &e, Severity::Error, "cannot reload after a panic");
+                self.poisoned = Some(format!("cannot reload after a panic: {}", errors::chain(&e)));
+            }
+        }
+    }
+
     /// One batch: lock (shared stores), stage, commit, then publish or undo. Drains `jobs`.
     pub fn step(&mut self, jobs: &mut Vec<Job>) {
+        if crate::drill::take(crate::drill::Drill::Writer) {
+            panic!("fire drill: a panic in the writer");
+        }
         let shared = match self.lock(jobs) {
             Ok(shared) => shared,
             Err(e) => {
-                tracing::error!(error = %e, operations = jobs.len(), "cannot lock the batch's rows");
+                let cx = jobs.iter().map(|(_, cx)| cx).find(|cx| cx.span().span_context().is_sampled());
+                let cx = cx.cloned().unwrap_or_default();
+                record(&cx, Source::Writer, "lock_failed", &e, Severity::Error, "cannot lock the batch's rows");
                 let error = ServiceError::Unavailable(e.to_string());
                 jobs.drain(..).for_each(|(op, _)| op.fail(error.clone()));
                 return;
@@ -140,10 +185,12 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.working.end();
+                self.publishing = true;
                 self.publish(staged, contexts);
+                self.publishing = false;
             }
             Err(e) => {
-                tracing::error!(error = %e, operations = staged.len(), "commit failed; batch rolled back");
+                // Recorded by the store's instrumentation, on the commit's span.
                 self.working.undo(undo);
                 let error = ServiceError::Unavailable(e.to_string());
                 staged.into_iter().for_each(|s| s.fail(error.clone()));

@@ -13,7 +13,10 @@ use crate::{
         image::Delivery,
         state::{Announce, Delivered},
     },
-    telemetry::metrics,
+    telemetry::{
+        errors::{Severity, Source, record},
+        metrics,
+    },
 };
 
 impl Writer {
@@ -56,7 +59,15 @@ impl Writer {
                     let _ = reply.send(Ok(()));
                 }
                 Staged::Pinged { reply } => {
-                    let _ = reply.send(self.store.ping().map_err(|e| ServiceError::Unavailable(e.to_string())));
+                    let answer = match (&self.poisoned, self.store.ping()) {
+                        (Some(why), _) => Err(ServiceError::Unavailable(why.clone())),
+                        (None, Ok(())) => Ok(()),
+                        (None, Err(e)) => {
+                            record(&cx, Source::Writer, "ping_failed", &e, Severity::Warn, "the store does not answer");
+                            Err(ServiceError::Unavailable(e.to_string()))
+                        }
+                    };
+                    let _ = reply.send(answer);
                 }
                 Staged::Refused { reply, error } => reply(error),
             }

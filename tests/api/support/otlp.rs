@@ -17,6 +17,10 @@ use opentelemetry_proto::tonic::{
             ExportMetricsServiceRequest, ExportMetricsServiceResponse,
             metrics_service_server::{MetricsService, MetricsServiceServer},
         },
+        profiles::v1development::{
+            ExportProfilesServiceRequest, ExportProfilesServiceResponse,
+            profiles_service_server::{ProfilesService, ProfilesServiceServer},
+        },
         trace::v1::{
             ExportTraceServiceRequest, ExportTraceServiceResponse,
             trace_service_server::{TraceService, TraceServiceServer},
@@ -39,6 +43,8 @@ pub struct Received {
     pub metric_requests: usize,
     /// `service.name` of each resource seen.
     pub services: Vec<String>,
+    /// Profiles export requests, whole (resource, dictionary and profiles).
+    pub profiles: Vec<ExportProfilesServiceRequest>,
 }
 
 #[derive(Clone, Default)]
@@ -112,6 +118,17 @@ impl MetricsService for Sink {
     }
 }
 
+#[tonic::async_trait]
+impl ProfilesService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportProfilesServiceRequest>,
+    ) -> Result<tonic::Response<ExportProfilesServiceResponse>, tonic::Status> {
+        self.0.lock().unwrap().profiles.push(request.into_inner());
+        Ok(tonic::Response::new(ExportProfilesServiceResponse::default()))
+    }
+}
+
 pub struct Receiver {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
@@ -126,7 +143,8 @@ impl Receiver {
         let server = tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(sink.clone()))
             .add_service(LogsServiceServer::new(sink.clone()))
-            .add_service(MetricsServiceServer::new(sink.clone()));
+            .add_service(MetricsServiceServer::new(sink.clone()))
+            .add_service(ProfilesServiceServer::new(sink.clone()));
         tokio::spawn(server.serve_with_incoming(tonic::transport::server::TcpIncoming::from(grpc)));
 
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -135,6 +153,7 @@ impl Receiver {
             .route("/v1/traces", post(http_traces))
             .route("/v1/logs", post(http_logs))
             .route("/v1/metrics", post(http_metrics))
+            .route("/v1development/profiles", post(http_profiles))
             .with_state(sink.clone());
         tokio::spawn(async move { axum::serve(http, app).await });
         Receiver { grpc: grpc_addr, http: http_addr, sink }
@@ -159,4 +178,10 @@ async fn http_metrics(State(sink): State<Sink>, body: Bytes) -> impl axum::respo
     ExportMetricsServiceRequest::decode(body).expect("an OTLP metrics request");
     sink.0.lock().unwrap().metric_requests += 1;
     protobuf(ExportMetricsServiceResponse::default().encode_to_vec())
+}
+
+async fn http_profiles(State(sink): State<Sink>, body: Bytes) -> impl axum::response::IntoResponse {
+    let request = ExportProfilesServiceRequest::decode(body).expect("an OTLP profiles request");
+    sink.0.lock().unwrap().profiles.push(request);
+    protobuf(ExportProfilesServiceResponse::default().encode_to_vec())
 }

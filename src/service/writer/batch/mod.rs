@@ -56,6 +56,17 @@ impl Working {
         Self { images, total, counters, limits, rng, picked: Vec::new() }
     }
 
+    /// The same limits and id picker over what the store holds now (after a panic). An
+    /// image keeps the generation readers know it by: SQLite stores none.
+    pub fn reloaded(&self, mut images: Vec<StoredImage>, counters: Counters) -> Self {
+        for img in &mut images {
+            if let Some(known) = self.images.get(&img.id) {
+                img.generation = known.generation;
+            }
+        }
+        Self::new(images, counters, self.limits, self.rng.clone())
+    }
+
     pub fn counters(&self) -> Counters {
         self.counters
     }

@@ -1,0 +1,154 @@
+//! Errors as a signal of their own. Every failure that Draw64 handles away from the HTTP edge
+//! goes through [`record`], once, where it is handled: the span it happened in gets status
+//! Error, `error.type` and an `exception` event with the semantic-convention attributes; one log
+//! record is written with that span's trace; and `draw64.errors` counts it by source and a
+//! bounded `error.type`. (HTTP answers are counted by the HTTP metrics, which carry
+//! `error.type` for 5xx; panics by the panic hook, which adds `exception.stacktrace`.)
+
+use std::{borrow::Cow, error::Error};
+
+use opentelemetry::{
+    Context, KeyValue,
+    trace::{Status, TraceContextExt as _},
+};
+use opentelemetry_semantic_conventions::attribute as attr;
+
+use super::metrics;
+
+/// Where a failure was handled: the values of `draw64.error.source`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A WebSocket command that could not be parsed.
+    WsCommand,
+    /// The writer: locking, committing or pinging the store.
+    Writer,
+    /// The cross-instance bus: the listener connection and the change log.
+    Bus,
+    /// The OpenTelemetry exporters (counted from their own diagnostics).
+    Exporter,
+    /// A request handler, the writer thread or a socket task that panicked.
+    Panic,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::WsCommand => "ws_command",
+            Source::Writer => "writer",
+            Source::Bus => "bus",
+            Source::Exporter => "exporter",
+            Source::Panic => "panic",
+        }
+    }
+}
+
+/// How loud the log record is: a failure the service recovers from by itself is a warning;
+/// one that the client caused (an invalid command) is information.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warn,
+    Info,
+}
+
+/// The error and its causes, outermost first: `commit failed: database is locked`.
+pub fn chain(error: &(dyn Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let next = e.to_string();
+        // thiserror's `#[error(transparent)]` and "{0}" messages repeat their source.
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = e.source();
+    }
+    text
+}
+
+/// Records `error` once: on `cx`'s span (status, `error.type`, an `exception` event), as one
+/// log record (`what`) carrying that span's trace, and in `draw64.errors`.
+pub fn record<E: Error + 'static>(
+    cx: &Context,
+    source: Source,
+    error_type: &'static str,
+    error: &E,
+    severity: Severity,
+    what: &'static str,
+) {
+    let message = chain(error);
+    mark(cx, error_type, std::any::type_name::<E>(), &message, None);
+    count(source, error_type);
+    let _attached = cx.clone().attach();
+    let source = source.as_str();
+    match severity {
+        Severity::Error => {
+            tracing::error!(draw64.error.source = source, error.type = error_type, exception.message = %message, "{what}")
+        }
+        Severity::Warn => {
+            tracing::warn!(draw64.error.source = source, error.type = error_type, exception.message = %message, "{what}")
+        }
+        Severity::Info => {
+            tracing::info!(draw64.error.source = source, error.type = error_type, exception.message = %message, "{what}")
+        }
+    }
+}
+
+/// The span side alone, for a failure logged elsewhere (an HTTP answer, a panic's hook).
+pub fn mark(cx: &Context, error_type: &str, exception_type: &str, message: &str, stacktrace: Option<String>) {
+    let span = cx.span();
+    if !span.span_context().is_valid() {
+        return;
+    }
+    span.set_status(Status::error(Cow::Owned(message.to_owned())));
+    span.set_attribute(KeyValue::new(attr::ERROR_TYPE, error_type.to_owned()));
+    let mut event = vec![
+        KeyValue::new(attr::EXCEPTION_TYPE, exception_type.to_owned()),
+        KeyValue::new(attr::EXCEPTION_MESSAGE, message.to_owned()),
+    ];
+    if let Some(trace) = stacktrace {
+        event.push(KeyValue::new(attr::EXCEPTION_STACKTRACE, trace));
+    }
+    span.add_event("exception", event);
+}
+
+pub fn count(source: Source, error_type: &'static str) {
+    metrics().errors.add(
+        1,
+        &[KeyValue::new("draw64.error.source", source.as_str()), KeyValue::new(attr::ERROR_TYPE, error_type)],
+    );
+}
+
+/// Counts the exporters' failures: the OpenTelemetry SDK and exporters report them as their
+/// own warnings and errors (each with a fixed event name, so `error.type` stays bounded), which
+/// are logged as they are and not exported through themselves.
+pub struct ExporterFailures;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ExporterFailures {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        count(Source::Exporter, event.metadata().name());
+    }
+}
+
+/// The events [`ExporterFailures`] counts.
+pub fn is_exporter_failure(meta: &tracing::Metadata<'_>) -> bool {
+    *meta.level() <= tracing::Level::WARN && meta.target().starts_with("opentelemetry")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("commit failed")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn the_chain_names_each_cause_once() {
+        let e = Outer(std::io::Error::other("database is locked"));
+        assert_eq!(chain(&e), "commit failed: database is locked");
+        let io = std::io::Error::other("disk full");
+        assert_eq!(chain(&io), "disk full");
+    }
+}
