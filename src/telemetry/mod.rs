@@ -173,7 +173,14 @@ pub fn init(config: &Options) -> Result<Telemetry, TelemetryError> {
         "telemetry ready"
     );
     #[cfg(feature = "otlp")]
-    let profiles = settings.profiles.clone().map(|p| profile::otlp::Continuous::start(p, &resource)).into();
+    let profiles = match settings.profiles.clone() {
+        Some(p) => Some(
+            profile::otlp::Continuous::start(p, &resource)
+                .map_err(|e| TelemetryError::Exporter("OTLP profiles", e.to_string()))?,
+        ),
+        None => None,
+    }
+    .into();
     #[cfg(not(feature = "otlp"))]
     if settings.profiles.is_some() {
         return Err(TelemetryError::Exporter("OTLP profiles", "this build has no OTLP support (feature `otlp` is off)".into()));

@@ -9,6 +9,7 @@ mod errors;
 mod lifecycle;
 mod load;
 mod parsers;
+mod profiling;
 mod rest;
 mod rum;
 mod sse;

@@ -31,6 +31,8 @@ pub enum ProfileError {
     Sampler(#[from] ::pprof::Error),
     #[error("cannot draw the flame graph: {0}")]
     Flamegraph(String),
+    #[error("cannot start the profiler's thread: {0}")]
+    Thread(String),
 }
 
 /// The right to run the process's one sampler (its timer is process-wide).
@@ -57,8 +59,12 @@ pub fn start() -> Result<Session, ProfileError> {
     }
     // From here on the session frees the slot, even if the sampler does not start.
     let mut session = Session { guard: None };
-    session.guard = Some(::pprof::ProfilerGuardBuilder::default().frequency(FREQUENCY).blocklist(BLOCKLIST).build()?);
+    session.guard = Some(sampler()?);
     Ok(session)
+}
+
+fn sampler() -> Result<::pprof::ProfilerGuard<'static>, ::pprof::Error> {
+    ::pprof::ProfilerGuardBuilder::default().frequency(FREQUENCY).blocklist(BLOCKLIST).build()
 }
 
 /// Samples for `duration` on the calling thread (a blocking one), then symbolises.
@@ -69,6 +75,15 @@ pub fn capture(duration: Duration) -> Result<::pprof::Report, ProfileError> {
 }
 
 impl Session {
+    /// Ends one period and begins the next without letting the sampler go: the period's
+    /// samples, symbolised.
+    pub fn next_period(&mut self) -> Result<::pprof::Report, ProfileError> {
+        let report = self.report();
+        drop(self.guard.take());
+        self.guard = Some(sampler()?);
+        report
+    }
+
     /// What was sampled so far, symbolised.
     pub fn report(&self) -> Result<::pprof::Report, ProfileError> {
         let guard = self.guard.as_ref().expect("a started session has its sampler");
@@ -78,6 +93,15 @@ impl Session {
 
 /// A flame graph of `report`, as SVG.
 pub fn flamegraph(report: &::pprof::Report) -> Result<Vec<u8>, ProfileError> {
+    if report.data.is_empty() {
+        // inferno draws nothing at all for no samples; a reader should see why.
+        let seconds = report.timing.duration.as_secs_f64();
+        let text = format!("No CPU samples in {seconds:.1} s: the process was idle.");
+        let svg = format!(
+            r#"<?xml version="1.0" standalone="no"?><svg version="1.1" width="600" height="40" xmlns="http://www.w3.org/2000/svg"><text x="10" y="25" font-family="Verdana" font-size="14">{text}</text></svg>"#
+        );
+        return Ok(svg.into_bytes());
+    }
     let mut svg = Vec::with_capacity(64 * 1024);
     report.flamegraph(&mut svg).map_err(|e| ProfileError::Flamegraph(e.to_string()))?;
     Ok(svg)

@@ -26,7 +26,7 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message as _;
 
-use super::Stacks;
+use super::{ProfileError, Session, Stacks};
 use crate::telemetry::{
     errors::{self, Source},
     settings::{Profiles, Protocol},
@@ -42,18 +42,19 @@ pub struct Continuous {
 }
 
 impl Continuous {
-    /// Starts profiling; must be called inside the Tokio runtime (the pushes run on it).
-    pub fn start(settings: Profiles, resource: &opentelemetry_sdk::Resource) -> Self {
+    /// Takes the sampler and starts profiling; must be called inside the Tokio runtime (the
+    /// pushes run on it). From then on, on-demand profiles are refused (409).
+    pub fn start(settings: Profiles, resource: &opentelemetry_sdk::Resource) -> Result<Self, ProfileError> {
+        let session = super::start()?;
         let resource = convert(resource);
         let runtime = tokio::runtime::Handle::current();
         let (stop, stopped) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("draw64-profiler".into())
-            .spawn(move || run(&settings, resource, &runtime, &stopped))
-            .map_err(|e| tracing::error!(error = %e, "cannot start the continuous profiler"))
-            .ok();
+            .spawn(move || run(&settings, session, resource, &runtime, &stopped))
+            .map_err(|e| ProfileError::Thread(e.to_string()))?;
         tracing::info!("continuous profiling on");
-        Self { stop, thread }
+        Ok(Self { stop, thread: Some(thread) })
     }
 
     pub fn stop(mut self) {
@@ -64,26 +65,21 @@ impl Continuous {
     }
 }
 
-fn run(settings: &Profiles, resource: Resource, runtime: &tokio::runtime::Handle, stopped: &mpsc::Receiver<()>) {
+fn run(
+    settings: &Profiles,
+    mut session: Session,
+    resource: Resource,
+    runtime: &tokio::runtime::Handle,
+    stopped: &mpsc::Receiver<()>,
+) {
+    // The clients' timers and connections live on the runtime.
+    let _runtime = runtime.enter();
     let sender = Sender::new(settings);
     let mut unsent: VecDeque<Vec<u8>> = VecDeque::with_capacity(BUFFER);
     let mut failing = false;
     loop {
-        let session = match super::start() {
-            Ok(s) => s,
-            Err(e) => {
-                // Another profile (on demand) holds the sampler: try again next period.
-                tracing::debug!(error = %e, "continuous profiler waits for the sampler");
-                match stopped.recv_timeout(settings.interval) {
-                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                    _ => return,
-                }
-            }
-        };
         let last = !matches!(stopped.recv_timeout(settings.interval), Err(mpsc::RecvTimeoutError::Timeout));
-        let report = session.report();
-        drop(session);
-        match report {
+        match session.next_period() {
             Ok(report) => {
                 if unsent.len() == BUFFER {
                     unsent.pop_front();
@@ -91,7 +87,10 @@ fn run(settings: &Profiles, resource: Resource, runtime: &tokio::runtime::Handle
                 }
                 unsent.push_back(request(&Stacks::from_report(&report), &resource).encode_to_vec());
             }
-            Err(e) => tracing::warn!(error = %e, "cannot take this period's profile"),
+            Err(e) => {
+                tracing::error!(error = %e, "the continuous profiler stopped");
+                return;
+            }
         }
         while let Some(body) = unsent.front() {
             match runtime.block_on(sender.send(body.clone())) {
