@@ -12,7 +12,10 @@ use std::{
 use serde_json::Value;
 use serde_yaml::Value as Yaml;
 
-use crate::{support::*, telemetry::exercise_and_scrape};
+use crate::{
+    support::{prometheus::Prometheus, *},
+    telemetry::exercise_and_scrape,
+};
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(path)
@@ -190,41 +193,9 @@ async fn a_real_prometheus_scrapes_draw64_and_evaluates_the_rules() {
     }
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&test_db(&dir), "127.0.0.1:0", &[]);
-    let target = server.metrics.unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-             rule_files: [{rules:?}]\n\
-             scrape_configs:\n  - job_name: draw64\n    static_configs: [{{targets: [\"{target}\"]}}]\n",
-            rules = deploy("prometheus/rules.yml").display().to_string()
-        ),
-    )
-    .unwrap();
-    let mut prometheus = ChildGuard(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let target = server.metrics.unwrap().to_string();
+    let mut prometheus = Prometheus::start(dir.path(), &deploy("prometheus/rules.yml"), &[target]);
     let http = reqwest::Client::new();
-    let query = |q: &str| {
-        let http = http.clone();
-        let url = format!("http://127.0.0.1:{port}/api/v1/query");
-        let q = q.to_owned();
-        async move {
-            let res = http.get(url).query(&[("query", q)]).send().await.ok()?;
-            let body: Value = res.json().await.ok()?;
-            let result = body["data"]["result"].as_array()?.clone();
-            (!result.is_empty()).then_some(result)
-        }
-    };
     let checks = [
         "sum(rate(http_server_request_duration_seconds_count[10s])) > 0",
         "sum(http_server_request_duration_seconds_bucket{le=\"+Inf\"}) > 0",
@@ -238,32 +209,23 @@ async fn a_real_prometheus_scrapes_draw64_and_evaluates_the_rules() {
     let mut pending: Vec<&str> = checks.to_vec();
     while !pending.is_empty() {
         assert!(Instant::now() < deadline, "Prometheus never answered: {pending:?}");
-        assert!(prometheus.0.try_wait().unwrap().is_none(), "prometheus exited");
+        assert!(prometheus.running(), "prometheus exited");
         // Steady traffic, so rates over the last seconds are non-zero.
         for _ in 0..20 {
             let _ = http.get(server.url("/images")).send().await;
         }
         let mut still = Vec::new();
         for q in pending {
-            if query(q).await.is_none() {
+            if prometheus.query(q).await.is_none() {
                 still.push(q);
             }
         }
         pending = still;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let info = query("target_info").await.unwrap();
+    let info = prometheus.query("target_info").await.unwrap();
     assert_eq!(info[0]["metric"]["service_name"], "draw64");
     assert!(info[0]["metric"]["service_instance_id"].is_string());
-}
-
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

@@ -2,7 +2,7 @@
 // Run by `cargo test` (tests/api/browser.rs) with DRAW64_BIN and OUT_DIR set.
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -12,6 +12,25 @@ import { OUT, cellColor, hex, launch, ready, step, stroke, twoPages, waitCell } 
 const BIN = process.env.DRAW64_BIN;
 const work = mkdtempSync(join(tmpdir(), 'draw64-browser-'));
 const db = join(work, 'draw64.db');
+
+// Set by tests/api/browser.rs: a real Prometheus, and the file listing what it scrapes.
+const PROMETHEUS = process.env.PROMETHEUS_URL;
+const TARGETS = process.env.PROMETHEUS_TARGETS;
+
+/** Waits until the real Prometheus has a sample above 0 for each of `queries`. */
+async function waitPrometheus(queries) {
+  if (!PROMETHEUS) return;
+  const deadline = Date.now() + 30000;
+  for (const q of queries) {
+    for (;;) {
+      const res = await fetch(`${PROMETHEUS}/api/v1/query?query=${encodeURIComponent(`${q} > 0`)}`).catch(() => null);
+      const body = res && res.ok ? await res.json() : null;
+      if (body?.data?.result?.length) break;
+      if (Date.now() > deadline) throw new Error(`Prometheus never scraped ${q}`);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+}
 
 function startServer(listen) {
   const proc = spawn(BIN, ['--listen', listen, '--metrics-listen', '127.0.0.1:0', '--database', `sqlite://${db}`, '--drain-grace', '0'], {
@@ -25,7 +44,10 @@ function startServer(listen) {
       try {
         const v = JSON.parse(line);
         if (v.message === 'metrics listening') metrics = v.address;
-        if (v.message === 'listening') resolve({ proc, addr: v.address, metrics });
+        if (v.message === 'listening') {
+          if (TARGETS) writeFileSync(TARGETS, JSON.stringify([{ targets: [metrics] }]));
+          resolve({ proc, addr: v.address, metrics });
+        }
       } catch { /* not JSON */ }
     });
     proc.on('exit', (code) => reject(new Error(`server exited early (${code})`)));
@@ -162,6 +184,13 @@ try {
     .filter((e) => e.name === 'draw_echo').map((e) => e.trace_id);
   assert.ok(echoTraces.length > 0 && echoTraces.every((t) => strokeTraces.includes(t)),
     `draw_echo trace ids ${echoTraces} are not the strokes' ${strokeTraces}`);
+  // The Rust side looks these up at its OTLP receiver: each must be a server command span.
+  writeFileSync(join(OUT, 'strokes.json'), JSON.stringify({ stroke_traces: strokeTraces, echo_traces: echoTraces }));
+  await waitPrometheus([
+    'draw64_browser_duration_seconds_count{draw64_browser_timing="ttfb"}',
+    'draw64_browser_duration_seconds_count{draw64_browser_timing="canvas_ready"}',
+    'draw64_browser_duration_seconds_count{draw64_browser_timing="draw_echo"}',
+  ]);
 
   step('the server drops the page; the page reconnects and shows a change made while away');
   await stopServer(server);
@@ -195,6 +224,7 @@ try {
       'draw64_browser_socket_events_total{draw64_browser_socket_event="reconnect"',
       'draw64_browser_errors_total{error_type="RangeError"',
     ]);
+    await waitPrometheus(['draw64_browser_duration_seconds_count{draw64_browser_timing="reconnect"}']);
     await c.close();
   }
 
