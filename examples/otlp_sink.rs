@@ -3,7 +3,7 @@
 //!
 //! Run with `cargo run --release --example otlp_sink -- 127.0.0.1:14000`; it prints its gRPC and
 //! HTTP addresses, and `GET /stats` on the given address answers
-//! `{"spans": n, "spans_by_name": {...}, "logs": n, "metric_requests": n}`.
+//! `{"spans": n, "spans_by_name": {...}, "logs": n, "metric_requests": n, "profiles": n}`.
 
 #[allow(dead_code)]
 #[path = "../tests/api/support/otlp.rs"]
@@ -34,5 +34,6 @@ async fn stats(State(sink): State<otlp::Sink>) -> Json<serde_json::Value> {
         "spans_by_name": by_name,
         "logs": got.log_count,
         "metric_requests": got.metric_requests,
+        "profiles": got.profiles.len(),
     }))
 }

@@ -58,6 +58,7 @@ impl App {
             prometheus: telemetry.and_then(|t| t.prometheus.clone()),
             rum_limits: Default::default(),
             fire_drills: config.fire_drills,
+            trusted_proxies: config.trusted_proxies.clone(),
         });
         Ok(Self {
             listener,

@@ -4,6 +4,26 @@
 use clap::{Parser, Subcommand};
 use draw64::Config;
 
+/// The OpenTelemetry variables Draw64 reads (strictly: an invalid value stops the start).
+const TELEMETRY_VARIABLES: &str = "\
+Telemetry (OpenTelemetry variables; docs/observability.md has every detail):
+  OTEL_SERVICE_NAME                  service.name (draw64)
+  OTEL_RESOURCE_ATTRIBUTES           more resource attributes, e.g. service.instance.id=pod-1
+  OTEL_TRACES_EXPORTER               otlp, console or none (otlp when an endpoint is set)
+  OTEL_METRICS_EXPORTER              prometheus, otlp, console or none, comma-separated (prometheus)
+  OTEL_LOGS_EXPORTER                 otlp, console or none (otlp when an endpoint is set)
+  OTEL_EXPORTER_OTLP_ENDPOINT        the collector, e.g. http://localhost:4317
+  OTEL_EXPORTER_OTLP_PROTOCOL        grpc or http/protobuf (grpc)
+  OTEL_TRACES_SAMPLER[_ARG]          always_on, parentbased_traceidratio with a ratio, ...
+  OTEL_METRIC_EXPORT_INTERVAL        milliseconds between OTLP metric pushes (60000)
+  OTEL_BSP_*, OTEL_BLRP_*            span and log batching (as the specification defines them)
+Continuous profiling (Draw64's own, in the same style, while the specification has none):
+  OTEL_PROFILES_EXPORTER             otlp or none (none): push a CPU profile every period
+  OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT, _PROTOCOL, _TIMEOUT   default: the OTLP ones
+  OTEL_PROFILES_EXPORT_INTERVAL      milliseconds per profile (10000)
+On the metrics port: /metrics, /healthz, /readyz, GET /debug/pprof/profile?seconds=N[&format=svg]
+(a CPU profile, 1 to 60 s), POST /debug/panic?in=request|writer (with --fire-drills).";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "draw64",
@@ -16,6 +36,7 @@ use draw64::Config;
         Signals: SIGTERM or Ctrl-C starts a graceful drain (/readyz turns 503 at once, requests are \
         still served with `Connection: close` for --drain-grace, then WebSockets are closed with \
         1001, pending writes commit and the process exits 0); a second signal exits at once.",
+    after_long_help = TELEMETRY_VARIABLES,
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {

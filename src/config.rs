@@ -40,6 +40,12 @@ pub struct Config {
     #[arg(long, env = "DRAW64_WS_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
     pub ws_ping_interval: Duration,
 
+    /// Proxies (load balancers) whose X-Forwarded-For names the client, for the limits that
+    /// count per client: addresses or ranges, comma-separated, e.g. 10.0.0.0/8,127.0.0.1.
+    /// None by default: behind a balancer, list it, or every client counts as the balancer.
+    #[arg(long, env = "DRAW64_TRUSTED_PROXIES", default_value = "", hide_default_value = true)]
+    pub trusted_proxies: crate::http::client::TrustedProxies,
+
     /// Let the metrics port arm fire drills (`POST /debug/panic?in=request|writer`): a panic
     /// on purpose, to check that panics are caught, recorded and alerted on. Off by default.
     #[arg(long, env = "DRAW64_FIRE_DRILLS")]

@@ -8,7 +8,8 @@
 //! app → http → service → store → domain
 //!   │     │       ↑        ↑
 //!   │     └────→ bus ──────┘        bus → service (only `Replica`), store (`store::postgres`)
-//!   └→ config → store, telemetry    telemetry, lifecycle, domain, drill: use none of the others
+//!   └→ config → store, telemetry, http::client (--trusted-proxies)
+//!                                   telemetry, lifecycle, domain, drill: use none of the others
 //! ```
 //!
 //! - [`domain`]: pure types and rules (ids, canvas, commands, events, PNG); no I/O.

@@ -2,6 +2,7 @@
 //! the middleware every response passes through; the one error → response mapping.
 
 pub mod api;
+pub mod client;
 mod debug;
 pub mod docs;
 pub mod error;
@@ -59,6 +60,8 @@ pub struct Shared {
     pub rum_limits: rum::RumLimits,
     /// Whether the metrics port may arm fire drills (`--fire-drills`).
     pub fire_drills: bool,
+    /// Whose `X-Forwarded-For` names the client (`--trusted-proxies`).
+    pub trusted_proxies: client::TrustedProxies,
 }
 
 /// The public port's router (`routes::public`, and the docs).

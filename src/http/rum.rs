@@ -47,7 +47,8 @@ pub async fn report(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let outcome = accept(&app, peer.ip(), &headers, &body);
+    let client = app.trusted_proxies.client(peer.ip(), &headers);
+    let outcome = accept(&app, client, &headers, &body);
     let label = match &outcome {
         Ok(_) => "accepted",
         Err(ApiError::TooLarge) => "too_large",

@@ -36,7 +36,7 @@ use writer::{Job, Op, Writer};
 use crate::{
     domain::{Canvas, Command, ImageId},
     store::{Store, StoreError},
-    telemetry::errors::{Severity, Source, record},
+    telemetry::errors,
 };
 
 /// Capacity of the writer's queue: callers wait (backpressure) rather than grow memory.
@@ -180,7 +180,7 @@ impl Service {
             Err(_) => {
                 let e = ServiceError::Unavailable(format!("no answer within {timeout:?}"));
                 let cx = opentelemetry::Context::current();
-                record(&cx, Source::Writer, "timeout", &e, Severity::Warn, "the writer does not answer");
+                errors::record(&cx, &errors::WRITER_TIMEOUT, &e);
                 Err(e)
             }
         }

@@ -14,10 +14,7 @@ use opentelemetry_semantic_conventions::attribute as attr;
 use super::{Commit, Describe, Locked, Snapshot, Store, StoreError, Write};
 use crate::{
     domain::ImageId,
-    telemetry::{
-        errors::{self, Severity, Source},
-        metrics,
-    },
+    telemetry::{errors, metrics},
 };
 
 /// At most this many requests are linked from one batch's database span.
@@ -66,7 +63,7 @@ impl Instrumented {
         let cx = span.map(|s| Context::new().with_span(s)).unwrap_or_default();
         if let Err(e) = &result {
             // The one record of a failed commit: every caller in the batch answers 503 from it.
-            errors::record(&cx, Source::Writer, "commit_failed", e, Severity::Error, "commit failed; batch rolled back");
+            errors::record(&cx, &errors::COMMIT_FAILED, e);
         }
         cx.span().end();
         result

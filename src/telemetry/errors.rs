@@ -67,22 +67,59 @@ pub fn chain(error: &(dyn Error + 'static)) -> String {
     text
 }
 
+/// One kind of handled failure: where, its bounded `error.type`, how loud, and the log
+/// record's message. Every kind is declared below, so the set of `error.type` values is this
+/// list (and the observability guide's table, which a test holds to it).
+#[derive(Debug)]
+pub struct Failure {
+    pub source: Source,
+    pub error_type: &'static str,
+    pub severity: Severity,
+    pub what: &'static str,
+}
+
+const fn failure(source: Source, error_type: &'static str, severity: Severity, what: &'static str) -> Failure {
+    Failure { source, error_type, severity, what }
+}
+
+pub const COMMIT_FAILED: Failure =
+    failure(Source::Writer, "commit_failed", Severity::Error, "commit failed; batch rolled back");
+pub const LOCK_FAILED: Failure =
+    failure(Source::Writer, "lock_failed", Severity::Error, "cannot lock the batch's rows");
+pub const PING_FAILED: Failure = failure(Source::Writer, "ping_failed", Severity::Warn, "the store does not answer");
+pub const WRITER_TIMEOUT: Failure = failure(Source::Writer, "timeout", Severity::Warn, "the writer does not answer");
+pub const RELOAD_FAILED: Failure =
+    failure(Source::Writer, "reload_failed", Severity::Error, "cannot reload the images after a panic");
+pub const INVALID_COMMAND: Failure =
+    failure(Source::WsCommand, "invalid_command", Severity::Info, "invalid command refused");
+pub const LISTENER_LOST: Failure =
+    failure(Source::Bus, "listener_lost", Severity::Warn, "lost the listener connection; reconnecting");
+pub const MALFORMED_NOTICE: Failure = failure(Source::Bus, "malformed_notice", Severity::Warn, "ignoring a notice");
+pub const UNREADABLE_CHANGE: Failure =
+    failure(Source::Bus, "unreadable_change", Severity::Error, "unreadable change in the log; reloading the image");
+
+/// Every kind of [`Failure`].
+pub const ALL: &[&Failure] = &[
+    &COMMIT_FAILED,
+    &LOCK_FAILED,
+    &PING_FAILED,
+    &WRITER_TIMEOUT,
+    &RELOAD_FAILED,
+    &INVALID_COMMAND,
+    &LISTENER_LOST,
+    &MALFORMED_NOTICE,
+    &UNREADABLE_CHANGE,
+];
+
 /// Records `error` once: on `cx`'s span (status, `error.type`, an `exception` event), as one
-/// log record (`what`) carrying that span's trace, and in `draw64.errors`.
-pub fn record<E: Error + 'static>(
-    cx: &Context,
-    source: Source,
-    error_type: &'static str,
-    error: &E,
-    severity: Severity,
-    what: &'static str,
-) {
+/// log record carrying that span's trace, and in `draw64.errors`.
+pub fn record<E: Error + 'static>(cx: &Context, failure: &Failure, error: &E) {
     let message = chain(error);
-    mark(cx, error_type, std::any::type_name::<E>(), &message, None);
-    count(source, error_type);
+    mark(cx, failure.error_type, std::any::type_name::<E>(), &message, None);
+    count(failure.source, failure.error_type);
     let _attached = cx.clone().attach();
-    let source = source.as_str();
-    match severity {
+    let (source, error_type, what) = (failure.source.as_str(), failure.error_type, failure.what);
+    match failure.severity {
         Severity::Error => {
             tracing::error!(draw64.error.source = source, error.type = error_type, exception.message = %message, "{what}")
         }
@@ -114,10 +151,9 @@ pub fn mark(cx: &Context, error_type: &str, exception_type: &str, message: &str,
 }
 
 pub fn count(source: Source, error_type: &'static str) {
-    metrics().errors.add(
-        1,
-        &[KeyValue::new("draw64.error.source", source.as_str()), KeyValue::new(attr::ERROR_TYPE, error_type)],
-    );
+    metrics()
+        .errors
+        .add(1, &[KeyValue::new("draw64.error.source", source.as_str()), KeyValue::new(attr::ERROR_TYPE, error_type)]);
 }
 
 /// Counts the exporters' failures: the OpenTelemetry SDK and exporters report them as their
@@ -143,6 +179,16 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("commit failed")]
     struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn the_guide_lists_every_kind_of_failure() {
+        let guide = include_str!("../../docs/observability.md");
+        for f in ALL {
+            let row = format!("| `{}` | `{}` |", f.source.as_str(), f.error_type);
+            assert!(guide.contains(&row), "docs/observability.md lacks the row {row}");
+            assert!(guide.contains(f.what), "docs/observability.md does not quote {:?}", f.what);
+        }
+    }
 
     #[test]
     fn the_chain_names_each_cause_once() {

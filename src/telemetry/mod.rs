@@ -17,11 +17,11 @@ mod host;
 mod logs;
 pub mod metrics;
 mod options;
+pub mod profile;
 pub mod propagation;
 pub mod registry;
 mod resource;
 pub mod settings;
-pub mod profile;
 pub mod span;
 
 use std::{io::IsTerminal, net::SocketAddr};
@@ -183,7 +183,10 @@ pub fn init(config: &Options) -> Result<Telemetry, TelemetryError> {
     .into();
     #[cfg(not(feature = "otlp"))]
     if settings.profiles.is_some() {
-        return Err(TelemetryError::Exporter("OTLP profiles", "this build has no OTLP support (feature `otlp` is off)".into()));
+        return Err(TelemetryError::Exporter(
+            "OTLP profiles",
+            "this build has no OTLP support (feature `otlp` is off)".into(),
+        ));
     }
     Ok(Telemetry {
         instance_id,

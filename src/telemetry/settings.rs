@@ -268,9 +268,13 @@ mod tests {
     fn profiles_are_opt_in_and_follow_the_otlp_variables() {
         let s = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")]).unwrap();
         assert_eq!(s.profiles, None);
-        let s = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"), ("OTEL_PROFILES_EXPORTER", "otlp")]).unwrap();
+        let s =
+            settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"), ("OTEL_PROFILES_EXPORTER", "otlp")]).unwrap();
         let p = s.profiles.unwrap();
-        assert_eq!((p.endpoint.as_str(), p.protocol, p.interval), ("http://c:4317", Protocol::Grpc, Duration::from_secs(10)));
+        assert_eq!(
+            (p.endpoint.as_str(), p.protocol, p.interval),
+            ("http://c:4317", Protocol::Grpc, Duration::from_secs(10))
+        );
         let s = settings(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),

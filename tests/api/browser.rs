@@ -67,7 +67,10 @@ async fn the_page_works_in_headless_chromium() {
         if missing == 0 && error_logged {
             break;
         }
-        assert!(Instant::now() < deadline, "{missing} draw→echo traces without a command span, error logged: {error_logged}");
+        assert!(
+            Instant::now() < deadline,
+            "{missing} draw→echo traces without a command span, error logged: {error_logged}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("browser: {} reported draw→echo traces are server command spans at the OTLP receiver", echoes.len());
@@ -76,8 +79,7 @@ async fn the_page_works_in_headless_chromium() {
     // last minutes).
     if let Some(p) = &mut prometheus {
         let counts = p.until("max_over_time(draw64_browser_duration_seconds_count[10m]) > 0", WAIT).await;
-        let timings: Vec<&str> =
-            counts.iter().filter_map(|s| s["metric"]["draw64_browser_timing"].as_str()).collect();
+        let timings: Vec<&str> = counts.iter().filter_map(|s| s["metric"]["draw64_browser_timing"].as_str()).collect();
         for want in ["ttfb", "canvas_ready", "draw_echo", "reconnect"] {
             assert!(timings.contains(&want), "{want} not in Prometheus: {timings:?}");
         }

@@ -162,6 +162,40 @@ fn dashboard_exprs() -> Vec<String> {
     exprs
 }
 
+/// GitHub's anchor for a Markdown heading.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn every_alert_has_a_summary_and_its_runbook_link_lands_on_a_heading() {
+    let rules = yaml("prometheus/rules.yml");
+    let mut alerts = 0;
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            let Some(name) = rule["alert"].as_str() else { continue };
+            alerts += 1;
+            assert!(rule["annotations"]["summary"].is_string(), "{name} has no summary");
+            let Some(runbook) = rule["annotations"]["runbook"].as_str() else { continue };
+            let (file, fragment) = runbook.split_once('#').unwrap_or((runbook, ""));
+            let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+            let anchors: Vec<String> =
+                doc.lines().filter_map(|l| l.strip_prefix('#')).map(|h| anchor(h.trim_start_matches('#'))).collect();
+            assert!(
+                fragment.is_empty() || anchors.iter().any(|a| a == fragment),
+                "{name}: no heading #{fragment} in {file}"
+            );
+        }
+    }
+    assert!(alerts >= 10, "{alerts} alerts");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_and_rules_use_is_in_a_live_scrape() {
     let dir = tempfile::tempdir().unwrap();

@@ -76,7 +76,7 @@ async fn logs_of_trace_before_marker(receiver: &Receiver, server: &Server, trace
     got.logs.iter().filter(|l| hex(&l.trace_id) == trace).cloned().collect()
 }
 
-fn exception<'a>(span: &'a Span) -> &'a opentelemetry_proto::tonic::trace::v1::span::Event {
+fn exception(span: &Span) -> &opentelemetry_proto::tonic::trace::v1::span::Event {
     span.events.iter().find(|e| e.name == "exception").unwrap_or_else(|| panic!("no exception event on {}", span.name))
 }
 
@@ -148,12 +148,16 @@ async fn a_panic_in_the_writer_fails_its_batch_only_and_the_next_change_is_commi
     let res = put(1).await.unwrap();
     assert_eq!(res.status(), 503, "the panicking batch's caller is told");
     assert_eq!(put(2).await.unwrap().status(), 200, "the writer goes on");
-    let data: serde_json::Value = http.get(server.url("/images/drill/data")).send().await.unwrap().json().await.unwrap();
+    let data: serde_json::Value =
+        http.get(server.url("/images/drill/data")).send().await.unwrap().json().await.unwrap();
     assert_eq!(data[1][0], serde_json::json!([255, 255, 255]), "the failed change is not there");
     assert_eq!(data[2][0], serde_json::json!([200, 0, 0]), "the next change is");
     assert_eq!(http.get(server.url("/readyz")).send().await.unwrap().status(), 200, "nothing was half-published");
     let log = until(&receiver, "the writer's panic log", |got| {
-        got.logs.iter().find(|l| body(l) == "panic" && string(attr(&l.attributes, "thread.name")) == Some("draw64-writer")).cloned()
+        got.logs
+            .iter()
+            .find(|l| body(l) == "panic" && string(attr(&l.attributes, "thread.name")) == Some("draw64-writer"))
+            .cloned()
     })
     .await;
     let message = string(attr(&log.attributes, "exception.message"));

@@ -142,10 +142,10 @@ async fn an_on_demand_profile_is_pprof_naming_draw64_s_functions_under_load_and_
     assert_eq!(profile.string_table[0], "");
     assert_eq!(profile.period, 10_000_000, "100 Hz");
     assert!(profile.duration_nanos >= 2_900_000_000, "sampled for the seconds asked: {}", profile.duration_nanos);
-    assert_eq!(profile.sample_type.iter().map(|t| (name(t.r#type), name(t.unit))).collect::<Vec<_>>(), [
-        ("samples", "count"),
-        ("cpu", "nanoseconds")
-    ]);
+    assert_eq!(
+        profile.sample_type.iter().map(|t| (name(t.r#type), name(t.unit))).collect::<Vec<_>>(),
+        [("samples", "count"), ("cpu", "nanoseconds")]
+    );
     let samples: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
     assert!(samples >= 10, "{samples} samples under load");
     let function_name = |id: u64| name(profile.function.iter().find(|f| f.id == id).expect("a known function").name);

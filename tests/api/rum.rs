@@ -115,3 +115,40 @@ async fn bad_reports_get_4xx_and_change_nothing() {
         "only accepted reports are counted"
     );
 }
+
+/// Behind a trusted balancer each client has its own allowance (the balancer's `X-Forwarded-For`
+/// names it); without `--trusted-proxies` the header is ignored, so a client cannot escape its
+/// limit by inventing addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_client_limit_follows_x_forwarded_for_only_from_a_trusted_proxy() {
+    let http = reqwest::Client::new();
+    // Bounded: `n` reports as one claimed client; answers how many were refused. 30 is more than
+    // one client's burst of 20, 15 less.
+    let flood = |server: &Server, claimed: &'static str, n: usize| {
+        let (http, url) = (http.clone(), server.url("/rum"));
+        async move {
+            let mut refused = 0;
+            for _ in 0..n {
+                let res = http.post(&url).header("x-forwarded-for", claimed).body(EVERY_KIND).send().await.unwrap();
+                refused += usize::from(res.status() == 429);
+            }
+            refused
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let behind = Server::start(&test_db(&dir), "127.0.0.1:0", &["--trusted-proxies", "127.0.0.1/32"]);
+    assert!(flood(&behind, "203.0.113.1", 30).await > 0, "one client past its burst is refused");
+    assert_eq!(flood(&behind, "203.0.113.2", 15).await, 0, "another client behind the same balancer is not");
+
+    let dir = tempfile::tempdir().unwrap();
+    let exposed = Server::start(&test_db(&dir), "127.0.0.1:0", &[]);
+    let first = flood(&exposed, "203.0.113.1", 30).await;
+    let started = Instant::now();
+    let second = flood(&exposed, "203.0.113.2", 15).await;
+    // The shared allowance refills at 2 a second while the second flood runs, and no faster.
+    let refilled = (2.0 * started.elapsed().as_secs_f64()).ceil() as usize;
+    assert!(
+        first > 0 && second + refilled >= 15,
+        "a made-up X-Forwarded-For buys nothing: {first} of 30, then {second} of 15 refused ({refilled} refilled)"
+    );
+}

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use opentelemetry::trace::TraceContextExt as _;
 use tokio_postgres::Client;
 
-use crate::telemetry::errors::{self, Severity, Source};
 use crate::{
     domain::{ImageId, event},
     service::{Delivery, Replica},
@@ -18,6 +17,7 @@ use crate::{
             notice::{self, Notice},
         },
     },
+    telemetry::errors,
 };
 
 /// Presence heartbeat, and the sweep that compares every live image with the database (the
@@ -57,7 +57,7 @@ impl Follower {
         let (from, notice) = match notice::decode(payload) {
             Ok(decoded) => decoded,
             Err(e) => {
-                errors::record(&opentelemetry::Context::new(), Source::Bus, "malformed_notice", &e, Severity::Warn, "ignoring a notice");
+                errors::record(&opentelemetry::Context::new(), &errors::MALFORMED_NOTICE, &e);
                 return Ok(());
             }
         };
@@ -128,8 +128,7 @@ impl Follower {
             let command = match change.command {
                 Ok(command) => command,
                 Err(e) => {
-                    let what = "unreadable change in the log; reloading the image";
-                    errors::record(&opentelemetry::Context::new(), Source::Bus, "unreadable_change", &e, Severity::Error, what);
+                    errors::record(&opentelemetry::Context::new(), &errors::UNREADABLE_CHANGE, &e);
                     if let Some(stored) = store::image(client, id, generation).await? {
                         self.replica.reset(id, generation, stored.canvas, stored.version);
                     }

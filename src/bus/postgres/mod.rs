@@ -21,13 +21,13 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::Bus;
-use crate::telemetry::errors::{self, Severity, Source};
 use crate::{
     service::Replica,
     store::{
         StoreError,
         postgres::{self as store, configure},
     },
+    telemetry::errors,
 };
 
 /// How long startup waits for the first connection, so that an instance is usually ready the
@@ -126,9 +126,7 @@ impl Listener {
                 SessionEnd::Lost(why) => {
                     self.state.first_attempt_over();
                     if self.state.connected.swap(false, Ordering::Relaxed) {
-                        let cx = opentelemetry::Context::new();
-                        let what = "lost the listener connection; reconnecting";
-                        errors::record(&cx, Source::Bus, "listener_lost", &why, Severity::Warn, what);
+                        errors::record(&opentelemetry::Context::new(), &errors::LISTENER_LOST, &why);
                     } else {
                         tracing::debug!(error = %why, "listener connection failed; retrying");
                     }

@@ -23,10 +23,7 @@ use crate::{
         error::{ApiError, count_rejection},
     },
     service::ServiceError,
-    telemetry::{
-        errors::{self, Severity, Source},
-        propagation::parse_traceparent,
-    },
+    telemetry::{errors, propagation::parse_traceparent},
 };
 
 /// The outcome of a queued command: `Some(detail)` when it was refused.
@@ -74,7 +71,7 @@ pub async fn handle(app: &AppState, origin: &Origin<'_>, frame: &[u8]) -> Result
         Err(e) => {
             count_in("invalid");
             // The client's mistake, at information level: one record per refused frame.
-            errors::record(&cx, Source::WsCommand, "invalid_command", &e, Severity::Info, "invalid command refused");
+            errors::record(&cx, &errors::INVALID_COMMAND, &e);
             let e = ApiError::from(e);
             count_rejection(&e);
             cx.span().end();

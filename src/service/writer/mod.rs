@@ -25,7 +25,7 @@ use super::{Limits, ServiceError, state::State};
 use crate::{
     domain::{Command, ImageId},
     store::{Commit, Instrumented, Logged, Store, StoreError},
-    telemetry::errors::{self, Severity, Source, record},
+    telemetry::errors,
 };
 
 /// An operation and the trace context of the request that queued it.
@@ -137,7 +137,7 @@ impl Writer {
             }
             Err(e) => {
                 let cx = Context::new();
-                record(&cx, Source::Writer, "reload_failed", &e, Severity::Error, "cannot reload after a panic");
+                errors::record(&cx, &errors::RELOAD_FAILED, &e);
                 self.poisoned = Some(format!("cannot reload after a panic: {}", errors::chain(&e)));
             }
         }
@@ -153,7 +153,7 @@ impl Writer {
             Err(e) => {
                 let cx = jobs.iter().map(|(_, cx)| cx).find(|cx| cx.span().span_context().is_sampled());
                 let cx = cx.cloned().unwrap_or_default();
-                record(&cx, Source::Writer, "lock_failed", &e, Severity::Error, "cannot lock the batch's rows");
+                errors::record(&cx, &errors::LOCK_FAILED, &e);
                 let error = ServiceError::Unavailable(e.to_string());
                 jobs.drain(..).for_each(|(op, _)| op.fail(error.clone()));
                 return;

@@ -13,10 +13,7 @@ use crate::{
         image::Delivery,
         state::{Announce, Delivered},
     },
-    telemetry::{
-        errors::{Severity, Source, record},
-        metrics,
-    },
+    telemetry::{errors, metrics},
 };
 
 impl Writer {
@@ -63,7 +60,7 @@ impl Writer {
                         (Some(why), _) => Err(ServiceError::Unavailable(why.clone())),
                         (None, Ok(())) => Ok(()),
                         (None, Err(e)) => {
-                            record(&cx, Source::Writer, "ping_failed", &e, Severity::Warn, "the store does not answer");
+                            errors::record(&cx, &errors::PING_FAILED, &e);
                             Err(ServiceError::Unavailable(e.to_string()))
                         }
                     };

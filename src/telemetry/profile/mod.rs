@@ -4,9 +4,9 @@
 //! profile is taken at a time in the process (the sampling timer is process-wide): [`start`]
 //! answers `Busy` otherwise.
 
-pub mod pprof;
 #[cfg(feature = "otlp")]
 pub mod otlp;
+pub mod pprof;
 
 use std::{
     collections::HashMap,
@@ -160,8 +160,16 @@ impl Stacks {
         }
     }
 
-    pub fn string_index(&self, s: &str) -> Option<usize> {
-        self.strings.iter().position(|x| x == s)
+    /// The string table with `names` added (each once): the encodings' own labels.
+    pub fn strings_with<const N: usize>(&self, names: [&str; N]) -> (Vec<String>, [usize; N]) {
+        let mut strings = self.strings.clone();
+        let at = names.map(|name| {
+            strings.iter().position(|x| x == name).unwrap_or_else(|| {
+                strings.push(name.to_owned());
+                strings.len() - 1
+            })
+        });
+        (strings, at)
     }
 }
 

@@ -167,16 +167,8 @@ impl Sender {
 /// One period's profile as an export request: the dictionary holds the tables (each with its
 /// zero entry first), the profile the samples.
 pub fn request(stacks: &Stacks, resource: &Resource) -> ExportProfilesServiceRequest {
-    let mut strings = stacks.strings.clone();
-    let mut intern = |s: &str| -> i32 {
-        let at = strings.iter().position(|x| x == s).unwrap_or_else(|| {
-            strings.push(s.to_owned());
-            strings.len() - 1
-        });
-        at as i32
-    };
-    let (samples, count, cpu, nanoseconds, thread_key) =
-        (intern("samples"), intern("count"), intern("cpu"), intern("nanoseconds"), intern("thread.name"));
+    let (strings, at) = stacks.strings_with(["samples", "count", "cpu", "nanoseconds", "thread.name"]);
+    let [samples, count, cpu, nanoseconds, thread_key] = at.map(|i| i as i32);
     // Attribute 0 is the zero entry; thread names follow, one entry each.
     let mut attribute_table = vec![KeyValueAndUnit::default()];
     let mut thread_attribute = std::collections::HashMap::new();
@@ -269,9 +261,9 @@ fn convert(resource: &opentelemetry_sdk::Resource) -> Resource {
                     Value::I64(i) => any_value::Value::IntValue(*i),
                     Value::F64(f) => any_value::Value::DoubleValue(*f),
                     Value::String(s) => any_value::Value::StringValue(s.to_string()),
-                    Value::Array(Array::String(a)) => any_value::Value::StringValue(
-                        a.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","),
-                    ),
+                    Value::Array(Array::String(a)) => {
+                        any_value::Value::StringValue(a.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","))
+                    }
                     other => any_value::Value::StringValue(other.to_string()),
                 }),
             }),

@@ -87,16 +87,8 @@ pub struct Function {
 /// `stacks` as a pprof `Profile`: two values per sample (`samples/count`, `cpu/nanoseconds`),
 /// a `thread` label on each.
 pub fn profile(stacks: &Stacks) -> Profile {
-    let mut strings = stacks.strings.clone();
-    let mut intern = |s: &str| -> i64 {
-        let at = strings.iter().position(|x| x == s).unwrap_or_else(|| {
-            strings.push(s.to_owned());
-            strings.len() - 1
-        });
-        at as i64
-    };
-    let (samples, count, cpu, nanoseconds, thread) =
-        (intern("samples"), intern("count"), intern("cpu"), intern("nanoseconds"), intern("thread"));
+    let (strings, at) = stacks.strings_with(["samples", "count", "cpu", "nanoseconds", "thread"]);
+    let [samples, count, cpu, nanoseconds, thread] = at.map(|i| i as i64);
     let sample = stacks
         .samples
         .iter()
