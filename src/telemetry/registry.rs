@@ -70,7 +70,7 @@ pub const METRICS: &[MetricDef] = &[
         instrument: Counter,
         unit: "{connection}",
         attributes: &["draw64.close.reason"],
-        description: "WebSocket connections ended, by reason: client, lagged, deleted, shutdown, too_big, silent, error.",
+        description: "WebSocket connections ended, by reason: client, lagged, deleted, shutdown, too_big, silent, error, panic.",
     },
     MetricDef {
         name: "draw64.ws.messages",

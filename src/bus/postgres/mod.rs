@@ -8,6 +8,7 @@
 mod follow;
 
 use std::{
+    panic::AssertUnwindSafe,
     pin::Pin,
     sync::{
         Arc, Mutex,
@@ -16,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, NoTls};
 
@@ -117,7 +118,13 @@ impl Listener {
     async fn run(mut self) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.session().await {
+            // A panic in a session (recorded by the panic hook) ends only that session: the
+            // listener reconnects and catches up as after a lost connection.
+            let ended = AssertUnwindSafe(self.session())
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| SessionEnd::Lost(StoreError::Unusable("the listening session panicked".into())));
+            match ended {
                 SessionEnd::Stopped => {
                     self.state.connected.store(false, Ordering::Relaxed);
                     self.state.stopped.notify_waiters();

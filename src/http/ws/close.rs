@@ -25,6 +25,8 @@ pub enum Ended {
     TooBig,
     Silent,
     Error,
+    /// The socket's task panicked (recorded by the panic hook); the socket is dropped.
+    Panic,
 }
 
 impl Ended {
@@ -37,6 +39,7 @@ impl Ended {
             Ended::TooBig => "too_big",
             Ended::Silent => "silent",
             Ended::Error => "error",
+            Ended::Panic => "panic",
         }
     }
 }

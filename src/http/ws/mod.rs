@@ -9,6 +9,7 @@ mod command;
 
 use std::{
     collections::VecDeque,
+    panic::AssertUnwindSafe,
     time::{Duration, Instant},
 };
 
@@ -22,7 +23,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use futures_util::{
-    SinkExt, StreamExt,
+    FutureExt as _, SinkExt, StreamExt,
     stream::{SplitSink, SplitStream},
 };
 use opentelemetry::{KeyValue, trace::TraceContextExt as _};
@@ -125,7 +126,8 @@ async fn session(sink: Sink, stream: SplitStream<WebSocket>, id: ImageId, create
     metrics().ws_connections.add(1, &[]);
     let _presence = app.service.join(&id, created);
     let origin = Origin { image: &id, session_id: &session_id, connect: &connect_cx };
-    let ended = run(sink, stream, &origin, &app).await;
+    // A panic ends this socket only (its presence guard still leaves); the others go on.
+    let ended = AssertUnwindSafe(run(sink, stream, &origin, &app)).catch_unwind().await.unwrap_or(Ended::Panic);
     metrics().ws_connections.add(-1, &[]);
     metrics().ws_disconnections.add(1, &[KeyValue::new("draw64.close.reason", ended.as_str())]);
 
