@@ -31,6 +31,15 @@ enum Format {
     Svg,
 }
 
+impl Format {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Format::Pprof => "pprof",
+            Format::Svg => "svg",
+        }
+    }
+}
+
 impl From<QueryRejection> for ApiError {
     fn from(e: QueryRejection) -> Self {
         ApiError::InvalidQuery(e.body_text())
@@ -60,6 +69,8 @@ pub async fn profile(query: Result<Query<ProfileQuery>, QueryRejection>) -> Resu
     };
     // Claimed before sampling, so a second request is refused at once rather than after N s.
     let session = profile::start()?;
+    // Profiling costs CPU while it runs: the log says who is paying it, and when.
+    tracing::info!(seconds, format = format.as_str(), "taking a CPU profile");
     let sampled = tokio::task::spawn_blocking(move || {
         std::thread::sleep(Duration::from_secs(seconds));
         let report = session.report()?;

@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::{
 
 use crate::{
     support::{otlp::Receiver, *},
-    telemetry::{TRACE_ID, attr, hex, string},
+    telemetry::{TRACE_ID, attr, hex, put_in_trace, string},
 };
 
 const PARENT: &str = "00f067aa0ba902b7";
@@ -182,14 +182,7 @@ async fn an_unavailable_store_is_one_exception_on_the_commit_one_log_and_a_503()
     let blocker = rusqlite::Connection::open(&path).unwrap();
     blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let trace = "5bf92f3577b34da6a3ce929d0e0e4736";
-    let res = http
-        .put(server.url("/images/locked"))
-        .header("traceparent", traceparent(trace))
-        .header("content-type", "application/json")
-        .body(draw(&[[1, 1, 9, 9, 9]]))
-        .send()
-        .await
-        .unwrap();
+    let res = put_in_trace(&http, &server, "locked", trace).await;
     assert_eq!(res.status(), 503);
     let detail: serde_json::Value = res.json().await.unwrap();
     assert_eq!(detail["detail"], "Storage unavailable; try again shortly.", "the cause stays inside");

@@ -118,18 +118,16 @@ async fn an_on_demand_profile_is_pprof_naming_draw64_s_functions_under_load_and_
         let http = http.clone();
         async move { http.get(url).send().await.unwrap() }
     });
-    // While it samples, a second profile is refused at once.
+    // Once it samples (its log line says so), a second profile is refused at once.
     let deadline = Instant::now() + WAIT;
-    loop {
-        let res = http.get(metrics_url(&server, "/debug/pprof/profile?seconds=1")).send().await.unwrap();
-        if res.status() == 409 {
-            let detail: serde_json::Value = res.json().await.unwrap();
-            assert!(detail["detail"].as_str().unwrap().contains("already"), "{detail}");
-            break;
-        }
-        assert_eq!(res.status(), 200, "the second one ran before the first began");
-        assert!(Instant::now() < deadline, "never refused a concurrent profile");
+    while !server.logs.lock().unwrap().iter().any(|l| l.contains("taking a CPU profile")) {
+        assert!(Instant::now() < deadline, "the first profile never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let res = http.get(metrics_url(&server, "/debug/pprof/profile?seconds=1")).send().await.unwrap();
+    assert_eq!(res.status(), 409);
+    let detail: serde_json::Value = res.json().await.unwrap();
+    assert!(detail["detail"].as_str().unwrap().contains("already"), "{detail}");
     let res = taking.await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "application/octet-stream");

@@ -34,17 +34,20 @@ fn int(v: Option<&Any>) -> Option<i64> {
     }
 }
 
-pub async fn put_traced(http: &reqwest::Client, server: &Server, image: &str) {
-    http.post(server.url(&format!("/images/{image}"))).send().await.unwrap();
-    let res = http
-        .put(server.url(&format!("/images/{image}")))
-        .header("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01"))
+/// A one-pixel PUT of `image` in the trace `trace`, as a child of the span `PARENT_ID`.
+pub async fn put_in_trace(http: &reqwest::Client, server: &Server, image: &str, trace: &str) -> reqwest::Response {
+    http.put(server.url(&format!("/images/{image}")))
+        .header("traceparent", format!("00-{trace}-{PARENT_ID}-01"))
         .header("content-type", "application/json")
         .body(draw(&[[1, 1, 9, 9, 9]]))
         .send()
         .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .unwrap()
+}
+
+pub async fn put_traced(http: &reqwest::Client, server: &Server, image: &str) {
+    http.post(server.url(&format!("/images/{image}"))).send().await.unwrap();
+    assert_eq!(put_in_trace(http, server, image, TRACE_ID).await.status(), 200);
 }
 
 async fn otlp_scenario(protocol: &str) {
