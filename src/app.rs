@@ -9,9 +9,13 @@ use tokio::net::TcpListener;
 use crate::{
     bus,
     config::Config,
-    http::{self, AppState, Shared},
+    http::{
+        self, AppState, Shared,
+        serve::{Gate, serve},
+    },
     lifecycle::Lifecycle,
-    service::{Limits, Service},
+    limits::{Limits, Occupancy},
+    service::Service,
     store::{self, StoreError},
     telemetry::Telemetry,
 };
@@ -22,6 +26,29 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+}
+
+/// Connections the metrics port holds at once (a quarter of them from one address).
+const METRICS_CONNECTIONS: usize = 64;
+
+/// Descriptors kept for everything but the public port's connections: the database, the
+/// metrics port, exporters, files.
+const RESERVED_DESCRIPTORS: usize = 256;
+
+/// `--max-connections` lowered, if it must be, so that accepting never runs out of file
+/// descriptors (then nothing, `/healthz` included, could be answered).
+fn fit_to_descriptors(mut options: crate::limits::Options) -> crate::limits::Options {
+    crate::lifecycle::raise_fd_limit();
+    let available = crate::lifecycle::fd_limit().saturating_sub(RESERVED_DESCRIPTORS + METRICS_CONNECTIONS);
+    if options.max_connections > available {
+        tracing::warn!(
+            wanted = options.max_connections,
+            allowed = available,
+            "--max-connections is more than the file-descriptor limit allows; lowered (raise ulimit -n)"
+        );
+        options.max_connections = available.max(1);
+    }
+    options
 }
 
 pub struct App {
@@ -40,8 +67,8 @@ impl App {
             || format!("draw64-{}-{:08x}", std::process::id(), fastrand::u32(..)),
             |t| t.instance_id.clone(),
         );
-        let store = store::open(&config.database, &instance_id)?;
-        let limits = Limits { max_images: config.max_images, max_total_images: config.max_total_images };
+        let store = store::open(&config.database, &instance_id, config.database_check)?;
+        let limits = crate::service::Limits { max_images: config.max_images, max_total_images: config.max_total_images };
         let service = Service::start(store, limits).await?;
         let bus = bus::start(&config.database, &instance_id, service.take_replica()).await;
         let listener = TcpListener::bind(config.listen).await.map_err(|e| StartupError::Bind(config.listen, e))?;
@@ -59,7 +86,22 @@ impl App {
             rum_limits: Default::default(),
             fire_drills: config.fire_drills,
             trusted_proxies: config.trusted_proxies.clone(),
+            limits: Arc::new(Limits::new(fit_to_descriptors(config.limits.clone()))),
+            allowed_origins: config.allowed_origins.clone(),
+            admin_token: config.admin_token.clone(),
         });
+        let limits = state.limits.clone();
+        crate::telemetry::metrics::registry_gauge(&opentelemetry::global::meter("draw64"), "draw64.http.connections", move || {
+            limits.connections.total() as u64
+        });
+        if !state.admin_token.is_set() {
+            tracing::warn!(
+                "no admin token (DRAW64_ADMIN_TOKEN): the canvas is open, anyone may delete images and clear canvases"
+            );
+        }
+        if state.allowed_origins == crate::http::caller::AllowedOrigins::Any {
+            tracing::warn!("--allowed-origins is *: pages of any site may change images with their visitors' browsers");
+        }
         Ok(Self {
             listener,
             metrics_listener,
@@ -85,10 +127,18 @@ impl App {
         let lifecycle = state.lifecycle.clone();
         let service = state.service.clone();
         let bus = state.bus.clone();
+        let public = Gate {
+            seats: state.limits.connections.clone(),
+            trusted: state.trusted_proxies.clone(),
+            header_timeout: state.limits.options.header_timeout,
+            limits: state.limits.clone(),
+        };
         if let Some(metrics) = metrics_listener {
             tracing::info!(address = %metrics.local_addr()?, "metrics listening");
-            let server = axum::serve(metrics, http::metrics_port::router(state.clone()))
-                .with_graceful_shutdown(lifecycle.closing());
+            // Seats of its own: a flood of the public port leaves the scraper and the probes
+            // their way in.
+            let gate = Gate { seats: Occupancy::new(METRICS_CONNECTIONS, METRICS_CONNECTIONS / 4), ..public.clone() };
+            let server = serve(metrics, http::metrics_port::router(state.clone()), gate, lifecycle.closing());
             tokio::spawn(async move {
                 if let Err(e) = server.await {
                     tracing::error!(error = %e, "metrics server failed");
@@ -96,15 +146,8 @@ impl App {
             });
         }
         tracing::info!(address = %listener.local_addr()?, "listening");
-        // No Nagle: a socket's next small write (a WebSocket event, an SSE line) would otherwise
-        // wait for the ACK of the previous one, which the peer may delay by 40 ms.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        // The client's address, for per-client limits (`POST /rum`).
-        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(listener, app).with_graceful_shutdown(lifecycle.closing());
-        let mut server = tokio::spawn(server.into_future());
+        let server = serve(listener, http::router(state), public, lifecycle.closing());
+        let mut server = tokio::spawn(server);
 
         tokio::select! {
             result = &mut server => {

@@ -18,6 +18,12 @@ pub struct Config {
     #[arg(long, env = "DRAW64_DATABASE", default_value = "sqlite://draw64.db")]
     pub database: crate::store::Database,
 
+    /// How an SQLite database is checked at start, before it serves: quick (every page and
+    /// record well-formed), full (indexes too) or none. A damaged file is refused with the
+    /// reason; the write-ahead log is inspected in every case.
+    #[arg(long, env = "DRAW64_DATABASE_CHECK", value_enum, default_value_t = crate::store::Check::Quick)]
+    pub database_check: crate::store::Check,
+
     /// Most active images `POST /images` may create (the limit is exact: N, not N+1).
     #[arg(long, env = "DRAW64_MAX_IMAGES", default_value_t = 10)]
     pub max_images: usize,
@@ -46,10 +52,27 @@ pub struct Config {
     #[arg(long, env = "DRAW64_TRUSTED_PROXIES", default_value = "", hide_default_value = true)]
     pub trusted_proxies: crate::http::client::TrustedProxies,
 
+    /// Web origins whose pages may change images (WebSocket handshakes, POST, PUT, DELETE,
+    /// reports), comma-separated, e.g. https://draw.example. Empty (the default): the server's
+    /// own origin only. `*`: any — unsafe, as any site could then draw, clear and delete with
+    /// its visitors' browsers. Requests without `Origin` (scripts, the original's clients) pass.
+    #[arg(long, env = "DRAW64_ALLOWED_ORIGINS", default_value = "", hide_default_value = true)]
+    pub allowed_origins: crate::http::caller::AllowedOrigins,
+
+    /// When set, deleting images and clearing canvases need it (`Authorization: Bearer TOKEN`;
+    /// the page takes it from its address, `/#admin=TOKEN`). Unset: anyone may, as in the
+    /// original. At least 16 of A-Z a-z 0-9 - . _ ~; prefer the variable (flags show in `ps`).
+    #[arg(long, env = "DRAW64_ADMIN_TOKEN", default_value = "", hide_default_value = true, hide_env_values = true)]
+    pub admin_token: crate::http::caller::AdminToken,
+
     /// Let the metrics port arm fire drills (`POST /debug/panic?in=request|writer`): a panic
     /// on purpose, to check that panics are caught, recorded and alerted on. Off by default.
     #[arg(long, env = "DRAW64_FIRE_DRILLS")]
     pub fire_drills: bool,
+
+    /// The public port's limits.
+    #[command(flatten)]
+    pub limits: crate::limits::Options,
 
     /// Logs and metrics exposition (`--log-format`, `--log`, `--metrics-listen`).
     #[command(flatten)]

@@ -35,6 +35,7 @@ pub mod domain;
 pub mod drill;
 pub mod http;
 pub mod lifecycle;
+pub mod limits;
 pub mod service;
 pub mod store;
 pub mod telemetry;

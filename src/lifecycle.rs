@@ -85,3 +85,15 @@ pub fn raise_fd_limit() {
         }
     }
 }
+
+/// The soft limit on open file descriptors (after `raise_fd_limit`).
+pub fn fd_limit() -> usize {
+    // SAFETY: getrlimit only writes the struct passed in.
+    unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            return usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
+        }
+    }
+    usize::MAX
+}

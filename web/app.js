@@ -13,6 +13,20 @@ const select = document.getElementById('images');
 const userCount = document.getElementById('user-count');
 const statusLine = document.getElementById('status');
 
+// The admin token, when the server asks for one: given once as /#admin=TOKEN, kept for this
+// tab only, and taken out of the address bar (so it is not bookmarked or shared).
+const adminMode = document.querySelector('meta[name="draw64-admin"]')?.content;
+const adminToken = (() => {
+  const given = new URLSearchParams(location.hash.slice(1)).get('admin');
+  if (given) {
+    sessionStorage.setItem('draw64-admin', given);
+    history.replaceState(null, '', location.pathname + location.search);
+  }
+  return sessionStorage.getItem('draw64-admin');
+})();
+// Without the token, the controls the server would refuse are not shown.
+if (adminMode === 'token' && !adminToken) document.getElementById('clear').hidden = true;
+
 let imageId = 'default';
 let color = hexToRgb(PALETTE[0]);
 let pixels = blank();
@@ -93,7 +107,10 @@ function send(command) {
 function connect() {
   clearTimeout(reconnectTimer);
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-  const ws = new WebSocket(`${scheme}://${location.host}/ws/images/${encodeURIComponent(imageId)}`);
+  const url = `${scheme}://${location.host}/ws/images/${encodeURIComponent(imageId)}`;
+  // A browser cannot give a WebSocket headers: the token rides as a subprotocol entry, never in
+  // the address (which balancers log).
+  const ws = adminToken ? new WebSocket(url, ['draw64', `draw64.token.${adminToken}`]) : new WebSocket(url);
   socket = ws;
   setStatus('Connecting…', 'connecting');
   ws.onopen = () => {
@@ -110,7 +127,12 @@ function connect() {
       arrivedWhileLoading?.push(event.command);
       applyCommand(event.command);
     }
-    else if (event.event_type === 'error') setStatus(`Refused: ${event.detail}`);
+    else if (event.event_type === 'error') {
+      // What was painted here ahead of the server is not true: show the refusal and the image
+      // as it is.
+      setStatus(`Refused: ${event.detail}`);
+      loadImage();
+    }
   };
   ws.onclose = (e) => {
     if (ws !== socket) return; // replaced by a switch
@@ -122,9 +144,12 @@ function connect() {
       switchTo('default');
       return;
     }
+    // Closed for drawing too fast: wait longer before trying again.
+    if (e.code === 1008) backoff = Math.max(backoff, 4000);
     const delay = Math.min(backoff, 5000) * (0.75 + Math.random() / 2);
     backoff *= 2;
-    setStatus(`Disconnected (${e.code}); reconnecting…`, 'closed');
+    const why = e.code === 1008 ? 'too many changes too fast' : `${e.code}`;
+    setStatus(`Disconnected (${why}); reconnecting…`, 'closed');
     reconnectTimer = setTimeout(connect, delay);
   };
 }
@@ -216,7 +241,20 @@ function paintAt(e) {
   const cells = last ? lineCells(last[0], last[1], cell[0], cell[1]).slice(1) : [cell];
   if (stroke) stroke.last = cell;
   for (const [x, y] of cells) setPixel(x, y, color);
-  send({ command_type: 'draw', values: cells.map(([x, y]) => [x, y, ...color]) });
+  queueCells(cells.map(([x, y]) => [x, y, ...color]));
+}
+
+// A stroke's cells go out once per frame, as one command: a fast pointer (hundreds of
+// samples a second) stays well within the server's command rate.
+let queued = [];
+function queueCells(values) {
+  if (queued.length === 0) requestAnimationFrame(flushCells);
+  queued.push(...values);
+}
+function flushCells() {
+  const values = queued;
+  queued = [];
+  if (values.length) send({ command_type: 'draw', values });
 }
 canvas.addEventListener('pointerdown', (e) => {
   canvas.setPointerCapture(e.pointerId);

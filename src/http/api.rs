@@ -3,7 +3,7 @@
 use axum::{
     Json,
     extract::{Path, State, rejection::PathRejection},
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
@@ -11,8 +11,9 @@ use utoipa::ToSchema;
 
 use super::{
     AppState,
+    caller::Caller,
     error::{ApiError, Detail, count_rejection},
-    extract::{CommandBody, ImagePath},
+    extract::{CommandBody, ImagePath, refuse_non_json},
 };
 use crate::{
     domain::{ImageId, encode_png},
@@ -22,7 +23,7 @@ use crate::{
 #[derive(Serialize, ToSchema)]
 pub struct ImageInfo {
     /// `^[a-zA-Z0-9-]+$`, at most 30 characters.
-    #[schema(example = "ambre-042")]
+    #[schema(example = "ambre-042", pattern = "^[a-zA-Z0-9-]+$", min_length = 1, max_length = 30)]
     pub image_id: String,
 }
 
@@ -47,7 +48,7 @@ pub struct CommandSpec {
     command_type: String,
     /// For `draw`: pixels `[x, y, r, g, b]`; x and y outside 0..63 are skipped, r, g, b must be
     /// 0..255.
-    #[schema(example = json!([[3, 4, 255, 0, 0]]))]
+    #[schema(example = json!([[3, 4, 255, 0, 0]]), nullable = false, max_items = 4096)]
     values: Option<Vec<[i64; 5]>>,
 }
 
@@ -61,7 +62,13 @@ pub async fn list(State(app): State<AppState>) -> Json<Vec<ImageInfo>> {
     responses(
         (status = 201, description = "Created with a random readable id", body = ImageInfo),
         (status = 409, description = "The active-image limit is reached", body = Detail)))]
-pub async fn create_random(State(app): State<AppState>) -> Result<(StatusCode, Json<ImageInfo>), ApiError> {
+pub async fn create_random(
+    State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<ImageInfo>), ApiError> {
+    refuse_non_json(&headers)?;
+    caller.may_create(&app)?;
     let id = app.service.create(None).await?;
     Ok((StatusCode::CREATED, Json(ImageInfo::from(&id))))
 }
@@ -73,8 +80,12 @@ pub async fn create_random(State(app): State<AppState>) -> Result<(StatusCode, J
         (status = 422, description = "Invalid image id", body = Detail)))]
 pub async fn create(
     State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
     ImagePath(id): ImagePath,
 ) -> Result<(StatusCode, Json<ImageInfo>), ApiError> {
+    refuse_non_json(&headers)?;
+    caller.may_create(&app)?;
     let id = app.service.create(Some(id)).await?;
     Ok((StatusCode::CREATED, Json(ImageInfo::from(&id))))
 }
@@ -134,13 +145,17 @@ pub async fn data(State(app): State<AppState>, ImagePath(id): ImagePath) -> Resu
         (status = 503, description = "Storage unavailable; nothing changed", body = Detail)))]
 pub async fn put(
     State(app): State<AppState>,
+    caller: Result<Caller, ApiError>,
     ImagePath(id): ImagePath,
     body: Result<CommandBody, ApiError>,
 ) -> Result<Json<()>, ApiError> {
-    let result = match body {
-        Ok(CommandBody(command)) => app.service.apply(id, command).await.map_err(ApiError::from),
-        Err(e) => Err(e),
-    };
+    let result = async {
+        let caller = caller?;
+        let CommandBody(command) = body?;
+        caller.admit(&app, &command)?;
+        app.service.apply(id, command).await.map_err(ApiError::from)
+    }
+    .await;
     result.inspect_err(count_rejection)?;
     Ok(Json(()))
 }
@@ -150,7 +165,12 @@ pub async fn put(
         (status = 200, description = "Deleted; its WebSockets get image_deleted and close 4404", body = ()),
         (status = 404, description = "No such image", body = Detail),
         (status = 422, description = "Invalid image id", body = Detail)))]
-pub async fn delete(State(app): State<AppState>, ImagePath(id): ImagePath) -> Result<Json<()>, ApiError> {
+pub async fn delete(
+    State(app): State<AppState>,
+    caller: Caller,
+    ImagePath(id): ImagePath,
+) -> Result<Json<()>, ApiError> {
+    caller.require_admin(&app)?;
     app.service.delete(id).await?;
     Ok(Json(()))
 }
@@ -166,5 +186,6 @@ pub async fn statistics(State(app): State<AppState>) -> Json<Statistics> {
 #[allow(dead_code)]
 pub struct ImageIdParam {
     /// `^[a-zA-Z0-9-]+$`, at most 30 characters; anything else is a 422.
+    #[param(pattern = "^[a-zA-Z0-9-]+$", min_length = 1, max_length = 30)]
     image_id: String,
 }

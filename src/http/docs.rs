@@ -32,5 +32,12 @@ use super::{AppState, api, health, rum};
 pub struct ApiDoc;
 
 pub fn router() -> axum::Router<AppState> {
-    SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()).into()
+    let docs: axum::Router<AppState> = SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()).into();
+    docs.layer(axum::middleware::map_response(|mut res: axum::response::Response| async move {
+        let html = res.headers().get(axum::http::header::CONTENT_TYPE).is_some_and(|t| t.as_bytes().starts_with(b"text/html"));
+        if html {
+            super::middleware::html_headers(&mut res, super::middleware::DOCS_POLICY);
+        }
+        res
+    }))
 }

@@ -5,7 +5,7 @@
 
 use axum::{
     Json,
-    http::StatusCode,
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 
@@ -32,10 +32,20 @@ pub enum ApiError {
     Service(#[from] ServiceError),
     #[error(transparent)]
     InvalidReport(#[from] crate::domain::browser::ReportError),
-    #[error("reports are accepted from this site's own pages only")]
+    #[error("Requests that change images are accepted from this site's own pages only (--allowed-origins).")]
     CrossOrigin,
-    #[error("too many reports; send fewer")]
-    RateLimited,
+    #[error("Too many {what} from your address; try again in {}s.", retry_after.as_secs().max(1))]
+    Throttled { what: &'static str, retry_after: std::time::Duration },
+    #[error("Too many {0} open from your address; close some first.")]
+    TooManyOpen(&'static str),
+    #[error("This needs the admin token: send Authorization: Bearer TOKEN.")]
+    AdminRequired,
+    #[error("The admin token is not right.")]
+    AdminDenied,
+    #[error("A command may draw at most {0} pixels (--max-pixels-per-command); send it in parts.")]
+    TooManyPixels(usize),
+    #[error("The request body did not arrive within {}s (--body-timeout).", .0.as_secs())]
+    BodyTimeout(std::time::Duration),
     #[error("Not Found")]
     NoRoute,
     #[error("Method Not Allowed")]
@@ -75,12 +85,16 @@ impl ApiError {
             | ApiError::NotJson(_)
             | ApiError::BadBody(_)
             | ApiError::InvalidReport(_)
+            | ApiError::TooManyPixels(_)
             | ApiError::InvalidQuery(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Throttled { .. } | ApiError::TooManyOpen(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::AdminRequired => StatusCode::UNAUTHORIZED,
+            ApiError::AdminDenied => StatusCode::FORBIDDEN,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Disabled(_) => StatusCode::FORBIDDEN,
             ApiError::Busy(_) => StatusCode::CONFLICT,
             ApiError::Panicked | ApiError::ProfileFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::CrossOrigin => StatusCode::FORBIDDEN,
-            ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -99,7 +113,9 @@ impl ApiError {
 /// Counts a refused command in `draw64.commands.rejected`, by a bounded reason.
 pub fn count_rejection(e: &ApiError) {
     let reason = match e {
-        ApiError::TooLarge => "too_large",
+        ApiError::TooLarge | ApiError::TooManyPixels(_) => "too_large",
+        ApiError::Throttled { .. } => "rate_limited",
+        ApiError::CrossOrigin | ApiError::AdminRequired | ApiError::AdminDenied => "forbidden",
         ApiError::Service(ServiceError::NotFound) => "not_found",
         ApiError::Service(ServiceError::Unavailable(_) | ServiceError::Stopped) => "unavailable",
         _ => "invalid",
@@ -123,11 +139,26 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let detail = self.detail();
+        let mut response = (status, Json(Detail { detail })).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Throttled { retry_after, .. } => {
+                let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            ApiError::AdminRequired => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"draw64\""));
+            }
+            // The rest of the body may still be on its way: the connection cannot be reused.
+            ApiError::BodyTimeout(_) => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
         let fault = match self {
             ApiError::Service(ServiceError::Unavailable(cause)) => Some(Fault(cause)),
             _ => None,
         };
-        let mut response = (status, Json(Detail { detail })).into_response();
         if let Some(fault) = fault {
             response.extensions_mut().insert(fault);
         }

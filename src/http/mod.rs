@@ -2,6 +2,7 @@
 //! the middleware every response passes through; the one error → response mapping.
 
 pub mod api;
+pub mod caller;
 pub mod client;
 mod debug;
 pub mod docs;
@@ -13,6 +14,7 @@ mod middleware;
 mod observe;
 mod routes;
 pub mod rum;
+pub mod serve;
 mod sse;
 mod web;
 pub mod ws;
@@ -62,6 +64,12 @@ pub struct Shared {
     pub fire_drills: bool,
     /// Whose `X-Forwarded-For` names the client (`--trusted-proxies`).
     pub trusted_proxies: client::TrustedProxies,
+    /// The public port's limits, and where their refusals are counted.
+    pub limits: Arc<crate::limits::Limits>,
+    /// Whose pages may change images (`--allowed-origins`).
+    pub allowed_origins: caller::AllowedOrigins,
+    /// `DRAW64_ADMIN_TOKEN`.
+    pub admin_token: caller::AdminToken,
 }
 
 /// The public port's router (`routes::public`, and the docs).

@@ -97,6 +97,11 @@ pub async fn observe(State(app): State<AppState>, req: Request, next: Next) -> R
     }
     let cx = parent.with_span(span);
     let request_size = req.body().size_hint().exact();
+    // Only when asked for (DRAW64_LOG=info,draw64=debug): the access log's client address.
+    let client = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+        let peer = super::serve::peer_ip(req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>());
+        app.trusted_proxies.client(peer, req.headers())
+    });
 
     let m = metrics();
     let active = [KeyValue::new(attr::HTTP_REQUEST_METHOD, method), KeyValue::new(attr::URL_SCHEME, "http")];
@@ -161,7 +166,16 @@ pub async fn observe(State(app): State<AppState>, req: Request, next: Next) -> R
     {
         let _attached = cx.clone().attach();
         // The access log: debug, so it costs nothing unless asked for (DRAW64_LOG=info,draw64=debug).
-        tracing::debug!(method, status = status.as_u16(), duration_s = took.as_secs_f64(), "request");
+        if let Some(client) = client {
+            tracing::debug!(
+                method,
+                http.route = route.unwrap_or("-"),
+                status = status.as_u16(),
+                client.address = %client,
+                duration_s = took.as_secs_f64(),
+                "request"
+            );
+        }
     }
     span.end();
     res
@@ -182,7 +196,7 @@ fn span_attributes(
         KeyValue::new(attr::NETWORK_PROTOCOL_VERSION, protocol),
     ]);
     if let Some(q) = req.uri().query() {
-        attributes.push(KeyValue::new(attr::URL_QUERY, q.to_owned()));
+        attributes.push(KeyValue::new(attr::URL_QUERY, redact_query(q)));
     }
     if let Some(r) = route {
         attributes.push(KeyValue::new(attr::HTTP_ROUTE, r));
@@ -193,11 +207,36 @@ fn span_attributes(
     span.set_attributes(attributes);
 }
 
+/// `url.query` with the values of parameters that may carry credentials replaced by
+/// `REDACTED`, as the semantic conventions ask (`?token=…` must not reach a trace backend).
+pub fn redact_query(query: &str) -> String {
+    const SENSITIVE: [&str; 10] = ["token", "key", "secret", "pass", "pwd", "sig", "auth", "credential", "session", "code"];
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if SENSITIVE.iter().any(|s| name.to_ascii_lowercase().contains(s)) => {
+                format!("{name}=REDACTED")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 fn version(req: &Request) -> &'static str {
     match req.version() {
         axum::http::Version::HTTP_10 => "1.0",
         axum::http::Version::HTTP_2 => "2",
         axum::http::Version::HTTP_3 => "3",
         _ => "1.1",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_leave_the_query_before_it_is_recorded() {
+        let q = super::redact_query("seconds=5&token=abc&X-Amz-Signature=s&api_key=k&format=svg&flag");
+        assert_eq!(q, "seconds=5&token=REDACTED&X-Amz-Signature=REDACTED&api_key=REDACTED&format=svg&flag");
     }
 }

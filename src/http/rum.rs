@@ -5,36 +5,30 @@
 //! page's own origin only, and a rate per client address and in all.
 
 use std::{
-    collections::HashMap,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     sync::Mutex,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
-use axum::{
-    body::Bytes,
-    extract::{ConnectInfo, State},
-    http::{HeaderMap, StatusCode, header},
-};
+use axum::{extract::State, http::StatusCode};
 use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute as attr;
 
-use super::{AppState, error::ApiError};
+use super::{AppState, caller::Caller, error::ApiError, extract::TimedBody};
 use crate::{
     domain::browser::{Event, Report, Timing},
+    limits::{Bucket, Rate, Rates},
     telemetry::metrics,
 };
 
 /// Largest report accepted (a page sends a few hundred bytes every few seconds).
 pub const MAX_REPORT: usize = 16 * 1024;
 /// Reports per second one client address may send, and its burst; a page sends one every 5 s.
-const PER_CLIENT: (f64, f64) = (2.0, 20.0);
+const PER_CLIENT: Rate = Rate { per_second: 2.0, burst: 20.0 };
 /// Reports per second from everyone together, and the burst.
-const IN_ALL: (f64, f64) = (500.0, 1000.0);
+const IN_ALL: Rate = Rate { per_second: 500.0, burst: 1000.0 };
 /// A draw→echo at least this slow is logged with its stroke's trace id.
 const SLOW_STROKE_MS: f64 = 250.0;
-/// Client buckets kept; past this, the idle ones are forgotten.
-const MAX_CLIENTS: usize = 10_000;
 
 #[utoipa::path(post, path = "/rum", tag = "telemetry",
     request_body(content = String, description = "`{\"session\": HEX, \"events\": [...]}`: timing, socket and error events (see docs/observability.md)"),
@@ -43,17 +37,15 @@ const MAX_CLIENTS: usize = 10_000;
         (status = 429, description = "Too many reports")))]
 pub async fn report(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
+    caller: Result<Caller, ApiError>,
+    body: Result<TimedBody, ApiError>,
 ) -> Result<StatusCode, ApiError> {
-    let client = app.trusted_proxies.client(peer.ip(), &headers);
-    let outcome = accept(&app, client, &headers, &body);
+    let outcome = accept(&app, caller, body);
     let label = match &outcome {
         Ok(_) => "accepted",
         Err(ApiError::TooLarge) => "too_large",
         Err(ApiError::CrossOrigin) => "forbidden",
-        Err(ApiError::RateLimited) => "rate_limited",
+        Err(ApiError::Throttled { .. }) => "rate_limited",
         Err(_) => "invalid",
     };
     metrics().browser_reports.add(1, &[KeyValue::new("draw64.report.outcome", label)]);
@@ -61,26 +53,14 @@ pub async fn report(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn accept(app: &AppState, client: IpAddr, headers: &HeaderMap, body: &[u8]) -> Result<Report, ApiError> {
+fn accept(app: &AppState, caller: Result<Caller, ApiError>, body: Result<TimedBody, ApiError>) -> Result<Report, ApiError> {
+    let caller = caller?;
+    let TimedBody(body) = body?;
     if body.len() > MAX_REPORT {
         return Err(ApiError::TooLarge);
     }
-    if !same_origin(headers) {
-        return Err(ApiError::CrossOrigin);
-    }
-    if !app.rum_limits.allow(client) {
-        return Err(ApiError::RateLimited);
-    }
-    Ok(Report::parse_json(body)?)
-}
-
-/// A browser names the page's origin in `Origin` on every POST; a report from a page of another
-/// origin is refused. (A client that sends no `Origin` is not a browser page of another site.)
-fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN) else { return true };
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let origin_host = origin.to_str().ok().and_then(|o| o.split_once("://")).map(|(_, rest)| rest);
-    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+    app.rum_limits.allow(caller.client).map_err(|retry_after| ApiError::Throttled { what: "reports", retry_after })?;
+    Ok(Report::parse_json(&body)?)
 }
 
 fn record(report: &Report) {
@@ -114,52 +94,22 @@ fn record(report: &Report) {
 
 /// Token buckets: one per client address, and one for everyone.
 pub struct RumLimits {
-    buckets: Mutex<(Bucket, HashMap<IpAddr, Bucket>)>,
+    clients: Rates<1>,
+    all: Mutex<Bucket>,
 }
 
 impl Default for RumLimits {
     fn default() -> Self {
-        Self { buckets: Mutex::new((Bucket::full(IN_ALL), HashMap::new())) }
+        Self { clients: Rates::new([PER_CLIENT]), all: Mutex::new(Bucket::full(IN_ALL, Instant::now())) }
     }
 }
 
 impl RumLimits {
-    fn allow(&self, client: IpAddr) -> bool {
+    /// Takes a report's token, or answers how long until one is free.
+    fn allow(&self, client: IpAddr) -> Result<(), Duration> {
         let now = Instant::now();
-        let mut guard = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (all, clients) = &mut *guard;
-        if clients.len() >= MAX_CLIENTS && !clients.contains_key(&client) {
-            clients.retain(|_, b| !b.refilled(now, PER_CLIENT));
-        }
-        let mine = clients.entry(client).or_insert_with(|| Bucket::full(PER_CLIENT));
-        mine.take(now, PER_CLIENT) && all.take(now, IN_ALL)
-    }
-}
-
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn full((_, burst): (f64, f64)) -> Self {
-        Self { tokens: burst, at: Instant::now() }
-    }
-
-    /// Whether it would be full again by `now` (so forgetting it changes nothing).
-    fn refilled(&self, now: Instant, (rate, burst): (f64, f64)) -> bool {
-        self.tokens + now.duration_since(self.at).as_secs_f64() * rate >= burst
-    }
-
-    fn take(&mut self, now: Instant, (rate, burst): (f64, f64)) -> bool {
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.clients.take(client, [1.0], now).map_err(|(_, wait)| wait)?;
+        self.all.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take(IN_ALL, 1.0, now)
     }
 }
 
@@ -171,24 +121,8 @@ mod tests {
     fn a_client_gets_its_burst_then_its_rate_and_others_are_not_affected() {
         let limits = RumLimits::default();
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let allowed = (0..100).filter(|_| limits.allow(a)).count();
-        assert_eq!(allowed, PER_CLIENT.1 as usize);
-        assert!(limits.allow(b));
-    }
-
-    #[test]
-    fn only_the_page_s_own_origin_may_report() {
-        let headers = |origin: Option<&str>| {
-            let mut h = HeaderMap::new();
-            h.insert(header::HOST, "draw.example:8000".parse().unwrap());
-            if let Some(o) = origin {
-                h.insert(header::ORIGIN, o.parse().unwrap());
-            }
-            h
-        };
-        assert!(same_origin(&headers(None)));
-        assert!(same_origin(&headers(Some("http://draw.example:8000"))));
-        assert!(!same_origin(&headers(Some("http://evil.example"))));
-        assert!(!same_origin(&headers(Some("null"))));
+        let allowed = (0..100).filter(|_| limits.allow(a).is_ok()).count();
+        assert_eq!(allowed, PER_CLIENT.burst as usize);
+        assert!(limits.allow(b).is_ok());
     }
 }

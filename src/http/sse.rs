@@ -11,17 +11,20 @@ use futures_util::Stream;
 
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::AppState;
-use crate::telemetry::metrics;
+use super::{AppState, caller::Client, error::ApiError};
+use crate::{
+    limits::{Limit, Seat},
+    telemetry::metrics,
+};
 
-/// Counts an open stream; on drop (the client left or the server closed it) counts it out
-/// and records a short close span.
-struct Open(std::time::Instant);
+/// Counts an open stream and holds its client's seat; on drop (the client left or the server
+/// closed it) counts it out and records a short close span.
+struct Open(std::time::Instant, #[allow(dead_code)] Seat);
 
 impl Open {
-    fn new() -> Self {
+    fn new(seat: Seat) -> Self {
         metrics().sse_streams.add(1, &[]);
-        Self(std::time::Instant::now())
+        Self(std::time::Instant::now(), seat)
     }
 }
 
@@ -33,10 +36,17 @@ impl Drop for Open {
     }
 }
 
-pub async fn announce(State(app): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+pub async fn announce(
+    State(app): State<AppState>,
+    Client(client): Client,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let seat = app.limits.streams.enter(Some(client)).map_err(|_| {
+        app.limits.refused(Limit::StreamsPerClient, Some(client));
+        ApiError::TooManyOpen("event streams")
+    })?;
     let rx = app.service.announcements();
     let closing = Box::pin(app.lifecycle.closing());
-    let open = Open::new();
+    let open = Open::new(seat);
     let stream = futures_util::stream::unfold((rx, 0u64, closing, open), |(mut rx, n, mut closing, open)| async move {
         tokio::select! {
             _ = &mut closing => None,
@@ -48,5 +58,5 @@ pub async fn announce(State(app): State<AppState>) -> Sse<impl Stream<Item = Res
             }
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(5)).text("ping"))
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(5)).text("ping")))
 }

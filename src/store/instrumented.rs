@@ -76,6 +76,14 @@ impl Instrumented {
         result
     }
 
+    /// A write that changes nothing, to learn whether writes succeed again.
+    pub fn probe(&mut self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let result = self.store.probe();
+        self.record("UPDATE", started.elapsed(), result.as_ref().err().map(|_| "ping_failed"));
+        result
+    }
+
     /// The store's housekeeping; a failure is logged here and retried next time.
     pub fn maintain(&mut self) {
         let started = Instant::now();

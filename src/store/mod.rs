@@ -139,6 +139,11 @@ pub trait Store: Send + 'static {
     fn rollback(&mut self) {}
     /// A cheap round trip proving the database answers (readiness).
     fn ping(&mut self) -> Result<(), StoreError>;
+    /// After failed commits: a write that changes nothing, committed like any other, proving
+    /// that writes succeed again (readiness while commits fail).
+    fn probe(&mut self) -> Result<(), StoreError> {
+        self.ping()
+    }
     /// Housekeeping between batches, after their callers were answered (SQLite: copy the WAL
     /// back into the database file now and then). Answers the operation's name when it did
     /// something, for the database metrics.
@@ -147,13 +152,25 @@ pub trait Store: Send + 'static {
     }
 }
 
+/// How thoroughly an embedded database is checked before it serves (`--database-check`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Check {
+    /// `PRAGMA quick_check`: every page and record is well-formed (seconds per GB).
+    #[default]
+    Quick,
+    /// `PRAGMA integrity_check`: also that indexes match their tables (slower).
+    Full,
+    /// None (the log is still inspected).
+    None,
+}
+
 /// Opens the store `database` names. `instance` is this process's `service.instance.id`
 /// (a shared store tags its notices with it).
-pub fn open(database: &Database, instance: &str) -> Result<Box<dyn Store>, StoreError> {
-    let _ = instance;
+pub fn open(database: &Database, instance: &str, check: Check) -> Result<Box<dyn Store>, StoreError> {
+    let _ = (instance, check);
     match database {
         #[cfg(feature = "sqlite")]
-        Database::Sqlite(path) => Ok(Box::new(SqliteStore::open(path)?)),
+        Database::Sqlite(path) => Ok(Box::new(SqliteStore::open_checked(path, check)?)),
         #[cfg(feature = "postgres")]
         Database::Postgres(config) => Ok(Box::new(PostgresStore::open(config, instance)?)),
     }

@@ -47,6 +47,7 @@ pub struct Metrics {
     pub browser_socket_events: Counter<u64>,
     pub browser_errors: Counter<u64>,
     pub browser_reports: Counter<u64>,
+    pub limits_refused: Counter<u64>,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -83,6 +84,7 @@ pub fn metrics() -> &'static Metrics {
             &m.browser_socket_events,
             &m.browser_errors,
             &m.browser_reports,
+            &m.limits_refused,
         ] {
             c.add(0, &[]);
         }
@@ -176,6 +178,7 @@ impl Metrics {
             browser_socket_events: counter(meter, "draw64.browser.socket.events"),
             browser_errors: counter(meter, "draw64.browser.errors"),
             browser_reports: counter(meter, "draw64.browser.reports"),
+            limits_refused: counter(meter, "draw64.limits.refused"),
         }
     }
 }

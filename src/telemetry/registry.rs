@@ -164,6 +164,20 @@ pub const METRICS: &[MetricDef] = &[
         description: "Failures handled away from the HTTP edge, by where (draw64.error.source: ws_command, writer, bus, exporter, panic) and a bounded error.type (commit_failed, lock_failed, ping_failed, timeout, listener_lost, unreadable_change, the exporters' event names, panic). HTTP answers carry error.type in http.server.request.duration.",
     },
     MetricDef {
+        name: "draw64.limits.refused",
+        instrument: Counter,
+        unit: "{refusal}",
+        attributes: &["draw64.limit"],
+        description: "Refusals by the public port's limits, by draw64.limit: connections, connections_per_client, websockets_per_client, streams_per_client, header_timeout, body_timeout, send_timeout, silent_client, commands, pixels, pixels_per_command, images, persistent, origin, admin_token (docs/operations.md, Running it in public).",
+    },
+    MetricDef {
+        name: "draw64.http.connections",
+        instrument: Gauge,
+        unit: "{connection}",
+        attributes: &[],
+        description: "Connections open on the public port (HTTP, WebSocket and SSE), against --max-connections.",
+    },
+    MetricDef {
         name: "draw64.panics",
         instrument: Counter,
         unit: "{panic}",

@@ -4,12 +4,14 @@
 use std::pin::Pin;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
-use futures_util::SinkExt;
 
 use super::Sink;
 use crate::{domain::ImageId, telemetry::metrics};
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+pub const CLOSE_INVALID_DATA: u16 = 1007;
+pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 /// Draw64's own code (4000–4999 are for applications): the image was deleted.
@@ -24,6 +26,12 @@ pub enum Ended {
     Shutdown,
     TooBig,
     Silent,
+    /// The client did not read what was sent to it for `--ws-send-timeout`.
+    Stalled,
+    /// It broke the protocol (1002) or sent text that is not UTF-8 (1007).
+    Protocol,
+    /// It kept going over its rates (1008).
+    Policy,
     Error,
     /// The socket's task panicked (recorded by the panic hook); the socket is dropped.
     Panic,
@@ -38,6 +46,9 @@ impl Ended {
             Ended::Shutdown => "shutdown",
             Ended::TooBig => "too_big",
             Ended::Silent => "silent",
+            Ended::Stalled => "stalled",
+            Ended::Protocol => "protocol",
+            Ended::Policy => "policy",
             Ended::Error => "error",
             Ended::Panic => "panic",
         }
@@ -55,7 +66,7 @@ pub fn close<'a>(
     let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
     Box::pin(async move {
         let _ = sink.send(Message::Close(Some(frame))).await;
-        let _ = sink.close().await;
+        sink.close().await;
         ended
     })
 }
@@ -68,9 +79,19 @@ pub async fn lagged(sink: &mut Sink, id: &ImageId, missed: u64) -> Ended {
     close(sink, CLOSE_TRY_AGAIN_LATER, &reason, Ended::Lagged).await
 }
 
-/// Whether a read failed because the client's message passed the size limit.
-pub fn is_too_big(e: &axum::Error) -> bool {
+/// The close a failed read deserves (RFC 6455, 7.4.1): `None` when the connection itself is
+/// gone and nothing can be sent.
+pub fn for_read_error(e: &axum::Error) -> Option<(u16, &'static str, Ended)> {
     use tokio_tungstenite::tungstenite::{Error, error::CapacityError};
     let cause = std::error::Error::source(e).and_then(|cause| cause.downcast_ref::<Error>());
-    matches!(cause, Some(Error::Capacity(CapacityError::MessageTooLong { .. })))
+    match cause? {
+        Error::Capacity(CapacityError::MessageTooLong { .. }) => {
+            Some((CLOSE_TOO_BIG, "Message larger than 1 MiB.", Ended::TooBig))
+        }
+        Error::Utf8(_) => Some((CLOSE_INVALID_DATA, "Text frames must be UTF-8.", Ended::Protocol)),
+        Error::Protocol(p) if !matches!(p, tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
+            Some((CLOSE_PROTOCOL_ERROR, "WebSocket protocol violation.", Ended::Protocol))
+        }
+        _ => None,
+    }
 }

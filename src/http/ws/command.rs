@@ -7,7 +7,10 @@
 //! frames a second (users-1000) even with no trace exported. Attributes and the link only for
 //! a span that records.
 
-use std::pin::Pin;
+use std::{
+    pin::Pin,
+    time::{Duration, Instant},
+};
 
 use opentelemetry::{
     Context, KeyValue,
@@ -20,8 +23,10 @@ use crate::{
     domain::{Command, ImageId},
     http::{
         AppState,
+        caller::Caller,
         error::{ApiError, count_rejection},
     },
+    limits::{Bucket, Limit, Limits, Rate},
     service::ServiceError,
     telemetry::{errors, propagation::parse_traceparent},
 };
@@ -29,15 +34,85 @@ use crate::{
 /// The outcome of a queued command: `Some(detail)` when it was refused.
 pub type Pending = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 
-/// The socket a command came from, for its span.
+/// The socket a command came from, for its span and its client's limits.
 pub struct Origin<'a> {
     pub image: &'a ImageId,
     pub session_id: &'a str,
     pub connect: &'a SpanContext,
+    pub caller: &'a Caller,
 }
 
-/// Parses `frame` and queues it; `Err(detail)` when refused at once.
-pub async fn handle(app: &AppState, origin: &Origin<'_>, frame: &[u8]) -> Result<Pending, String> {
+/// A command refused at once.
+pub struct Refusal {
+    pub detail: String,
+    /// Over a rate: counts toward closing the socket with 1008.
+    pub throttled: bool,
+}
+
+impl From<String> for Refusal {
+    fn from(detail: String) -> Self {
+        Self { detail, throttled: false }
+    }
+}
+
+/// What one socket may still send: its own command and pixel rates (besides its client's),
+/// and its strikes, the refusals for rate it may collect before it is closed.
+pub struct Allowance {
+    rates: [Rate; 2],
+    buckets: [Bucket; 2],
+    strikes: Bucket,
+}
+
+/// Refusals for rate a socket may collect at once, and how fast they are forgiven.
+const STRIKES: Rate = Rate { per_second: 2.0, burst: 20.0 };
+
+impl Allowance {
+    pub fn new(limits: &Limits) -> Self {
+        let now = Instant::now();
+        let rates = limits.socket_rates();
+        Self { rates, buckets: rates.map(|r| Bucket::full(r, now)), strikes: Bucket::full(STRIKES, now) }
+    }
+
+    /// Takes a command's share of the socket's rates, all or none.
+    fn take(&mut self, pixels: f64) -> Result<(), (Limit, Duration)> {
+        let now = Instant::now();
+        let amounts = [1.0, pixels];
+        for (k, limit) in [Limit::Commands, Limit::Pixels].into_iter().enumerate() {
+            let mut probe = self.buckets[k].clone();
+            probe.take(self.rates[k], amounts[k], now).map_err(|wait| (limit, wait))?;
+        }
+        for ((bucket, rate), n) in self.buckets.iter_mut().zip(self.rates).zip(amounts) {
+            let _ = bucket.take(rate, n, now);
+        }
+        Ok(())
+    }
+
+    /// Records a refusal for rate; `false` once the socket has had too many.
+    pub fn strike(&mut self) -> bool {
+        self.strikes.take(STRIKES, 1.0, Instant::now()).is_ok()
+    }
+}
+
+/// A command from a socket: within the socket's own rates, then its client's (`Caller::admit`).
+fn admit(app: &AppState, origin: &Origin<'_>, allowance: &mut Allowance, command: &Command) -> Result<(), ApiError> {
+    let pixels = match command {
+        Command::Draw(pixels) => pixels.len() as f64,
+        Command::ClearCanvas => 0.0,
+    };
+    allowance.take(pixels).map_err(|(limit, retry_after)| {
+        app.limits.refused(limit, Some(origin.caller.client));
+        ApiError::Throttled { what: limit.noun(), retry_after }
+    })?;
+    origin.caller.admit(app, command)
+}
+
+/// Parses `frame` and queues it; `Err` when refused at once.
+pub async fn handle(
+    app: &AppState,
+    origin: &Origin<'_>,
+    allowance: &mut Allowance,
+    frame: &[u8],
+) -> Result<Pending, Refusal> {
     let tracer = crate::telemetry::span::tracer();
     let started = std::time::SystemTime::now();
     let parsed = Command::parse_frame(frame);
@@ -75,10 +150,17 @@ pub async fn handle(app: &AppState, origin: &Origin<'_>, frame: &[u8]) -> Result
             let e = ApiError::from(e);
             count_rejection(&e);
             cx.span().end();
-            return Err(e.detail());
+            return Err(e.detail().into());
         }
     };
     count_in(command.kind());
+    if let Err(e) = admit(app, origin, allowance, &command) {
+        count_rejection(&e);
+        let throttled = matches!(e, ApiError::Throttled { .. });
+        cx.span().set_attribute(KeyValue::new(attr::ERROR_TYPE, e.status().as_str().to_owned()));
+        cx.span().end();
+        return Err(Refusal { detail: e.detail(), throttled });
+    }
     if cx.span().is_recording() {
         cx.span().set_attribute(KeyValue::new("draw64.command.type", command.kind()));
         if let Command::Draw(pixels) = &command {
@@ -93,7 +175,7 @@ pub async fn handle(app: &AppState, origin: &Origin<'_>, frame: &[u8]) -> Result
         Err(e) => {
             let detail = refused(&cx, e);
             end(&cx, &commit);
-            return Err(detail);
+            return Err(detail.into());
         }
     };
     Ok(Box::pin(async move {

@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+
 use axum::{
     extract::{
         Path, State,
@@ -33,14 +34,18 @@ use tokio::sync::broadcast::{
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-pub use self::close::{CLOSE_GOING_AWAY, CLOSE_IMAGE_DELETED, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN_LATER};
-use self::{
-    close::{Ended, close, is_too_big, lagged},
-    command::{Origin, Pending},
+pub use self::close::{
+    CLOSE_GOING_AWAY, CLOSE_IMAGE_DELETED, CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN_LATER,
 };
-use super::{AppState, error::ApiError};
+use self::{
+    close::{Ended, close, for_read_error, lagged},
+    command::{Allowance, Origin, Pending},
+};
+use super::{AppState, caller::Caller, error::ApiError};
 use crate::{
     domain::{ImageId, event},
+    limits::{Limit, Seat},
     service::{Outgoing, RESYNC},
     telemetry::metrics,
 };
@@ -62,6 +67,7 @@ const MAX_MESSAGE: usize = 1 << 20;
 
 pub async fn upgrade(
     State(app): State<AppState>,
+    caller: Result<Caller, ApiError>,
     path: Result<Path<String>, PathRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -80,24 +86,92 @@ pub async fn upgrade(
             return (e.status(), axum::Json(detail)).into_response();
         }
     };
-    let created = match app.service.ensure(id.clone()).await {
-        Ok(created) => created,
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    // Frames here are small (a command is tens of bytes): a 1 KiB read buffer instead of
-    // tungstenite's 128 KiB keeps an idle socket at a few KB (larger messages still grow it).
-    ws.max_message_size(MAX_MESSAGE)
-        .max_frame_size(MAX_MESSAGE)
-        .read_buffer_size(READ_BUFFER)
-        // Split here, not inside the task: the socket then lives once, on the heap, rather
-        // than also in the long-lived task's state.
-        .on_upgrade(move |socket| {
-            let (sink, stream) = socket.split();
-            session(sink, stream, id, created, app)
-        })
+    match admit(&app, caller, &id).await {
+        Ok((caller, seat, created)) => ws
+            .max_message_size(MAX_MESSAGE)
+            .max_frame_size(MAX_MESSAGE)
+            // Frames here are small (a command is tens of bytes): a 1 KiB read buffer instead
+            // of tungstenite's 128 KiB keeps an idle socket at a few KB (larger messages still
+            // grow it).
+            .read_buffer_size(READ_BUFFER)
+            // The page offers `draw64` beside the entry that carries its admin token.
+            .protocols(["draw64"])
+            // Split here, not inside the task: the socket then lives once, on the heap, rather
+            // than also in the long-lived task's state.
+            .on_upgrade(move |socket| {
+                let (sink, stream) = socket.split();
+                let sink = Sink { inner: sink, timeout: app.limits.options.ws_send_timeout };
+                session(sink, stream, id, created, app, caller, seat)
+            }),
+        Err(e) => e.into_response(),
+    }
 }
 
-type Sink = SplitSink<WebSocket, Message>;
+/// A handshake from an allowed origin, within the client's sockets and, when it creates the
+/// image, its image rate; answers whether it created the image.
+async fn admit(
+    app: &AppState,
+    caller: Result<Caller, ApiError>,
+    id: &ImageId,
+) -> Result<(Caller, Seat, bool), ApiError> {
+    let caller = caller?;
+    let seat = app.limits.websockets.enter(Some(caller.client)).map_err(|_| {
+        app.limits.refused(Limit::WebsocketsPerClient, Some(caller.client));
+        ApiError::TooManyOpen("WebSockets")
+    })?;
+    if !app.service.exists(id) {
+        caller.may_create(app)?;
+    }
+    let created = app.service.ensure(id.clone()).await?;
+    Ok((caller, seat, created))
+}
+
+/// The socket's sending half. Every write waits at most `--ws-send-timeout` for the client to
+/// read (then the socket is given up as stalled): a full kernel buffer never holds the task.
+pub struct Sink {
+    inner: SplitSink<WebSocket, Message>,
+    timeout: Duration,
+}
+
+impl Sink {
+    async fn within(&mut self, op: Op) -> Result<(), Ended> {
+        let done = match op {
+            Op::Send(m) => tokio::time::timeout(self.timeout, self.inner.send(m)).await,
+            Op::Feed(m) => tokio::time::timeout(self.timeout, self.inner.feed(m)).await,
+            Op::Flush => tokio::time::timeout(self.timeout, self.inner.flush()).await,
+        };
+        match done {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Ended::Error),
+            Err(_) => Err(Ended::Stalled),
+        }
+    }
+
+    pub async fn send(&mut self, message: Message) -> Result<(), Ended> {
+        self.within(Op::Send(message)).await
+    }
+
+    async fn feed(&mut self, message: Message) -> Result<(), Ended> {
+        self.within(Op::Feed(message)).await
+    }
+
+    pub async fn flush(&mut self) -> Result<(), Ended> {
+        self.within(Op::Flush).await
+    }
+
+    /// Sends what is queued (a close frame) and ends the sending half, briefly.
+    pub async fn close(&mut self) {
+        let _ = tokio::time::timeout(self.timeout.min(Duration::from_secs(1)), self.inner.close()).await;
+    }
+}
+
+enum Op {
+    Send(Message),
+    Feed(Message),
+    Flush,
+}
+
+
 
 fn count_out(kind: &'static str, n: u64) {
     metrics()
@@ -111,7 +185,15 @@ fn count_in(kind: &'static str) {
         .add(1, &[KeyValue::new("draw64.direction", "in"), KeyValue::new("draw64.message.type", kind)]);
 }
 
-async fn session(sink: Sink, stream: SplitStream<WebSocket>, id: ImageId, created: bool, app: AppState) {
+async fn session(
+    sink: Sink,
+    stream: SplitStream<WebSocket>,
+    id: ImageId,
+    created: bool,
+    app: AppState,
+    caller: Caller,
+    _seat: Seat,
+) {
     let session_id = format!("{:016x}", fastrand::u64(..));
     let opened = Instant::now();
     // Short spans for the connect and the close; none held open for the socket's lifetime,
@@ -125,9 +207,18 @@ async fn session(sink: Sink, stream: SplitStream<WebSocket>, id: ImageId, create
 
     metrics().ws_connections.add(1, &[]);
     let _presence = app.service.join(&id, created);
-    let origin = Origin { image: &id, session_id: &session_id, connect: &connect_cx };
+    let origin = Origin { image: &id, session_id: &session_id, connect: &connect_cx, caller: &caller };
     // A panic ends this socket only (its presence guard still leaves); the others go on.
     let ended = AssertUnwindSafe(run(sink, stream, &origin, &app)).catch_unwind().await.unwrap_or(Ended::Panic);
+    let limit = match ended {
+        Ended::Stalled => Some(Limit::SendTimeout),
+        Ended::Silent => Some(Limit::SilentClient),
+        Ended::Policy => Some(Limit::Persistent),
+        _ => None,
+    };
+    if let Some(limit) = limit {
+        app.limits.refused(limit, Some(caller.client));
+    }
     metrics().ws_connections.add(-1, &[]);
     metrics().ws_disconnections.add(1, &[KeyValue::new("draw64.close.reason", ended.as_str())]);
 
@@ -154,6 +245,7 @@ async fn run(mut sink: Sink, mut stream: SplitStream<WebSocket>, origin: &Origin
     // Commands queued to the writer and not answered yet, oldest first. A client may pipeline
     // commands: each still commits before its echo, and they keep the order it sent them in.
     let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut allowance = Allowance::new(&app.limits);
 
     loop {
         let step = tokio::select! {
@@ -184,14 +276,13 @@ async fn run(mut sink: Sink, mut stream: SplitStream<WebSocket>, origin: &Origin
             // Stops reading while too many of this client's commands are in flight: backpressure.
             frame = stream.next(), if pending.len() < MAX_IN_FLIGHT => {
                 last_heard = Instant::now();
-                on_frame(&mut sink, frame, &mut pending, origin, app).await
+                on_frame(&mut sink, frame, &mut pending, &mut allowance, origin, app).await
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > interval * 2 + Duration::from_secs(1) {
-                    tracing::info!(image_id = %id, "WebSocket client silent for two ping intervals; dropping it");
                     return Ended::Silent;
                 }
-                sink.send(Message::Ping(Default::default())).await.map_err(|_| Ended::Error)
+                sink.send(Message::Ping(Default::default())).await
             }
         };
         if let Err(ended) = step {
@@ -220,7 +311,7 @@ async fn forward(
             (kind, run) = (event.kind, 0);
         }
         run += 1;
-        sink.feed(Message::Text(event.text)).await.map_err(|_| Ended::Error)?;
+        sink.feed(Message::Text(event.text)).await?;
         batched += 1;
         if batched < SEND_BATCH {
             next = match events.try_recv() {
@@ -235,7 +326,7 @@ async fn forward(
         }
     }
     count_out(kind, run);
-    sink.flush().await.map_err(|_| Ended::Error)
+    sink.flush().await
 }
 
 /// One frame from the client: a command is queued (its outcome joins `pending`), anything
@@ -244,6 +335,7 @@ async fn on_frame(
     sink: &mut Sink,
     frame: Option<Result<Message, axum::Error>>,
     pending: &mut VecDeque<Pending>,
+    allowance: &mut Allowance,
     origin: &Origin<'_>,
     app: &AppState,
 ) -> Result<(), Ended> {
@@ -251,12 +343,16 @@ async fn on_frame(
         Some(Ok(Message::Text(text))) => {
             // Boxed: parsing and queueing is a large future, alive only briefly; an idle
             // socket's task stays small without it.
-            match Box::pin(command::handle(app, origin, text.as_bytes())).await {
+            match Box::pin(command::handle(app, origin, allowance, text.as_bytes())).await {
                 Ok(outcome) => {
                     pending.push_back(outcome);
                     Ok(())
                 }
-                Err(detail) => send_error(sink, &detail).await,
+                Err(refusal) if refusal.throttled && !allowance.strike() => {
+                    let reason = "Too many commands over the rate limit; slow down before reconnecting.";
+                    Err(close(sink, CLOSE_POLICY, reason, Ended::Policy).await)
+                }
+                Err(refusal) => send_error(sink, &refusal.detail).await,
             }
         }
         Some(Ok(Message::Binary(_))) => {
@@ -264,16 +360,21 @@ async fn on_frame(
             send_error(sink, "Binary frames are not accepted; send the command as JSON text.").await
         }
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
-        Some(Ok(Message::Close(_))) | None => Err(Ended::Client),
-        Some(Err(e)) if is_too_big(&e) => {
-            Err(close(sink, CLOSE_TOO_BIG, "Message larger than 1 MiB.", Ended::TooBig).await)
+        // The close is echoed (tungstenite queued the reply as it read the frame).
+        Some(Ok(Message::Close(_))) => {
+            let _ = sink.flush().await;
+            Err(Ended::Client)
         }
-        Some(Err(_)) => Err(Ended::Error),
+        None => Err(Ended::Client),
+        Some(Err(e)) => match for_read_error(&e) {
+            Some((code, reason, ended)) => Err(close(sink, code, reason, ended).await),
+            None => Err(Ended::Error),
+        },
     }
 }
 
 /// An error event for this client only.
 async fn send_error(sink: &mut Sink, detail: &str) -> Result<(), Ended> {
     count_out("error", 1);
-    sink.send(Message::Text(event::error(detail).into())).await.map_err(|_| Ended::Error)
+    sink.send(Message::Text(event::error(detail).into())).await
 }

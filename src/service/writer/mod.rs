@@ -74,6 +74,9 @@ pub struct Writer {
     poisoned: Option<String>,
     /// Whether the batch in hand is committed but not yet wholly published.
     publishing: bool,
+    /// Why the last commit failed, until one succeeds: readiness says so rather than
+    /// answering ready while every write is refused.
+    failing: Option<String>,
 }
 
 impl Writer {
@@ -84,7 +87,7 @@ impl Writer {
         state.load(&snapshot.images, snapshot.counters);
         tracing::info!(images = snapshot.images.len(), "images loaded from the store");
         let working = Working::new(snapshot.images, snapshot.counters, limits, fastrand::Rng::new());
-        Ok(Self { store, working, state, poisoned: None, publishing: false })
+        Ok(Self { store, working, state, poisoned: None, publishing: false, failing: None })
     }
 
     /// Runs until every sender is gone or `Stop` arrives, committing what is queued first.
@@ -185,6 +188,9 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.working.end();
+                if self.failing.take().is_some() {
+                    tracing::info!("commits succeed again");
+                }
                 self.publishing = true;
                 self.publish(staged, contexts);
                 self.publishing = false;
@@ -192,6 +198,7 @@ impl Writer {
             Err(e) => {
                 // Recorded by the store's instrumentation, on the commit's span.
                 self.working.undo(undo);
+                self.failing = Some(e.to_string());
                 let error = ServiceError::Unavailable(e.to_string());
                 staged.into_iter().for_each(|s| s.fail(error.clone()));
             }

@@ -56,17 +56,34 @@ impl Writer {
                     let _ = reply.send(Ok(()));
                 }
                 Staged::Pinged { reply } => {
-                    let answer = match (&self.poisoned, self.store.ping()) {
-                        (Some(why), _) => Err(ServiceError::Unavailable(why.clone())),
-                        (None, Ok(())) => Ok(()),
-                        (None, Err(e)) => {
-                            errors::record(&cx, &errors::PING_FAILED, &e);
-                            Err(ServiceError::Unavailable(e.to_string()))
-                        }
-                    };
-                    let _ = reply.send(answer);
+                    let _ = reply.send(self.readiness(&cx));
                 }
                 Staged::Refused { reply, error } => reply(error),
+            }
+        }
+    }
+
+    /// Whether writes can be acknowledged: not poisoned, the database answers, and, after a
+    /// failed commit, a probe write succeeds.
+    fn readiness(&mut self, cx: &opentelemetry::Context) -> Result<(), ServiceError> {
+        if let Some(why) = &self.poisoned {
+            return Err(ServiceError::Unavailable(why.clone()));
+        }
+        let result = if self.failing.is_some() { self.store.probe() } else { self.store.ping() };
+        match result {
+            Ok(()) => {
+                if self.failing.take().is_some() {
+                    tracing::info!("writes succeed again");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                errors::record(cx, &errors::PING_FAILED, &e);
+                let why = match &self.failing {
+                    Some(commit) => format!("commits are failing ({commit}); and now: {e}"),
+                    None => e.to_string(),
+                };
+                Err(ServiceError::Unavailable(why))
             }
         }
     }

@@ -17,11 +17,14 @@
 //! on a file of its own, not on the database: SQLite's POSIX locks are dropped when any descriptor
 //! of their file closes, and `sqlite3 PATH ".backup"` must still be able to read while we run.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use std::{os::unix::fs::MetadataExt as _, path::PathBuf};
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 mod claim;
+mod wal;
 
-use super::{Commit, Counters, Describe, Snapshot, Store, StoreError, StoredImage, Write};
+use super::{Check, Commit, Counters, Describe, Snapshot, Store, StoreError, StoredImage, Write};
 use crate::domain::{Canvas, ImageId};
 
 /// Versioned migrations; `PRAGMA user_version` records how many have run.
@@ -47,6 +50,14 @@ pub struct SqliteStore {
     /// When the WAL was last copied back into the database file.
     checkpointed: std::time::Instant,
     checkpoint_every: std::time::Duration,
+    /// The files as opened (device and inode): a file removed or replaced under a running
+    /// store would take every later commit with it at the next start.
+    files: Vec<(PathBuf, (u64, u64))>,
+    /// Sticky once the files are not the ones opened: nothing more is acknowledged.
+    lost: Option<String>,
+    /// Set by a commit that failed for want of space: until the log has been checkpointed and
+    /// cut back, no new write may regrow it into the space the checkpoint needs.
+    full: bool,
 }
 
 /// How often the writer copies the WAL back into the database file.
@@ -84,9 +95,36 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// Why a commit or a check found the store unable to take writes.
+fn is_out_of_space(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure))
+}
+
+fn identity(path: &std::path::Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
 impl SqliteStore {
     pub fn open(path: &str) -> Result<Self, StoreError> {
+        Self::open_checked(path, Check::Quick)
+    }
+
+    /// Opens `path` after inspecting its write-ahead log, and refuses a file that fails
+    /// `check`, that is read-only, or whose log would silently lose committed transactions.
+    pub fn open_checked(path: &str, check: Check) -> Result<Self, StoreError> {
         let owner = claim::claim(path)?;
+        let in_memory = path.is_empty() || path == ":memory:";
+        if !in_memory {
+            let log = format!("{path}-wal");
+            if let Ok(bytes) = std::fs::read(&log)
+                && let wal::Verdict::Damaged(why) = wal::inspect(&bytes)
+            {
+                return Err(StoreError::Unusable(format!(
+                    "{log} is damaged: {why}. Restore the database from a backup; or, to start with only what \
+                     {path} holds, move {log} aside (its changes since the last checkpoint are then lost)"
+                )));
+            }
+        }
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -100,9 +138,113 @@ impl SqliteStore {
             stored: None,
             checkpointed: std::time::Instant::now(),
             checkpoint_every: CHECKPOINT_EVERY,
+            files: Vec::new(),
+            lost: None,
+            full: false,
         };
         store.migrate()?;
+        store.check(check)?;
+        if !in_memory {
+            for file in [PathBuf::from(path), PathBuf::from(format!("{path}-wal"))] {
+                if let Some(id) = identity(&file) {
+                    store.files.push((file, id));
+                }
+            }
+        }
         Ok(store)
+    }
+
+    /// Refuses a file SQLite finds damaged, or cannot write.
+    fn check(&mut self, check: Check) -> Result<(), StoreError> {
+        if self.conn.is_readonly(rusqlite::MAIN_DB)? {
+            return Err(StoreError::Unusable(format!(
+                "{} is read-only: draw64 could serve it but never store a change; fix its permissions",
+                self.path
+            )));
+        }
+        let pragma = match check {
+            Check::Quick => "PRAGMA quick_check(20)",
+            Check::Full => "PRAGMA integrity_check(20)",
+            Check::None => return Ok(()),
+        };
+        let mut stmt = self.conn.prepare(pragma)?;
+        let findings: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        if findings != ["ok"] {
+            return Err(StoreError::Unusable(format!(
+                "{} is damaged ({pragma} found: {}); restore it from a backup",
+                self.path,
+                findings.join("; ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Fails once the files on disk are no longer the ones this store writes.
+    fn still_ours(&mut self) -> Result<(), StoreError> {
+        if self.lost.is_none() {
+            for (file, opened) in &self.files {
+                if identity(file) != Some(*opened) {
+                    let why = format!(
+                        "{} was removed or replaced while draw64 ran: changes can no longer be stored \
+                         durably; restart draw64 (and find out who touched the file)",
+                        file.display()
+                    );
+                    tracing::error!(file = %file.display(), "database file removed or replaced; refusing writes");
+                    self.lost = Some(why);
+                    break;
+                }
+            }
+        }
+        match &self.lost {
+            Some(why) => Err(StoreError::Unusable(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// After running out of space: checkpoint the whole log and cut it back to nothing before
+    /// anything else is written. Fails while there is still not enough room.
+    fn make_room(&mut self) -> Result<(), StoreError> {
+        if !self.full {
+            return Ok(());
+        }
+        let (busy, _, _): (i64, i64, i64) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(|e| StoreError::Unusable(format!("out of disk space; the log cannot be checkpointed yet: {e}")))?;
+        if busy != 0 {
+            return Err(StoreError::Unusable("out of disk space; the log checkpoint is waiting for a reader".into()));
+        }
+        tracing::info!(path = %self.path, "disk space is back: the log is checkpointed; writes resume");
+        self.full = false;
+        Ok(())
+    }
+
+    /// One batch in one transaction.
+    fn write(&mut self, commit: &Commit<'_>) -> rusqlite::Result<()> {
+        let counters = commit.counters;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut upsert = tx.prepare_cached(UPSERT)?;
+            let mut delete = tx.prepare_cached(DELETE)?;
+            for write in &commit.writes {
+                match write {
+                    Write::Upsert(img) => {
+                        // `updates` keeps the version too, for older builds reading the file.
+                        let version = img.version as i64;
+                        upsert.execute(params![img.id.as_str(), img.canvas.as_bytes(), version, version])?;
+                    }
+                    Write::Delete(id) => {
+                        delete.execute([id.as_str()])?;
+                    }
+                }
+            }
+            if self.stored != Some(counters) {
+                let mut set = tx.prepare_cached(SET_COUNTER)?;
+                set.execute(params!["images_created", counters.images_created as i64])?;
+                set.execute(params!["images_deleted", counters.images_deleted as i64])?;
+            }
+        }
+        tx.commit()
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
@@ -155,37 +297,36 @@ impl Store for SqliteStore {
     }
 
     fn commit(&mut self, commit: &Commit<'_>) -> Result<(), StoreError> {
-        let counters = commit.counters;
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        {
-            let mut upsert = tx.prepare_cached(UPSERT)?;
-            let mut delete = tx.prepare_cached(DELETE)?;
-            for write in &commit.writes {
-                match write {
-                    Write::Upsert(img) => {
-                        // `updates` keeps the version too, for older builds reading the file.
-                        let version = img.version as i64;
-                        upsert.execute(params![img.id.as_str(), img.canvas.as_bytes(), version, version])?;
-                    }
-                    Write::Delete(id) => {
-                        delete.execute([id.as_str()])?;
-                    }
-                }
+        self.still_ours()?;
+        self.make_room()?;
+        self.write(commit).map_err(|e| {
+            if is_out_of_space(&e) {
+                self.full = true;
             }
-            if self.stored != Some(counters) {
-                let mut set = tx.prepare_cached(SET_COUNTER)?;
-                set.execute(params!["images_created", counters.images_created as i64])?;
-                set.execute(params!["images_deleted", counters.images_deleted as i64])?;
-            }
-        }
-        tx.commit()?;
-        self.stored = Some(counters);
+            StoreError::from(e)
+        })?;
+        self.stored = Some(commit.counters);
         Ok(())
     }
 
     fn ping(&mut self) -> Result<(), StoreError> {
+        self.still_ours()?;
+        self.make_room()?;
         self.conn.query_row("SELECT count(*) FROM counters", [], |r| r.get::<_, i64>(0))?;
         Ok(())
+    }
+
+    fn probe(&mut self) -> Result<(), StoreError> {
+        self.ping()?;
+        // A write that changes nothing, synced like any commit.
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute("UPDATE counters SET value = value WHERE name = 'images_created'", [])?;
+        tx.commit().map_err(|e| {
+            if is_out_of_space(&e) {
+                self.full = true;
+            }
+            StoreError::from(e)
+        })
     }
 
     fn maintain(&mut self) -> Result<Option<&'static str>, StoreError> {
