@@ -8,7 +8,10 @@ use std::{
     io,
     net::{IpAddr, SocketAddr},
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll, ready},
     time::{Duration, Instant},
 };
@@ -84,10 +87,11 @@ pub async fn serve(
             req.extensions_mut().insert(ConnectInfo(peer));
             router.clone().call(req)
         });
+        let asking = Arc::new(AtomicBool::new(false));
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(gate.header_timeout)
-            .serve_connection(TokioIo::new(Connection::new(stream, seat)), service)
+            .serve_connection(TokioIo::new(Connection::new(stream, seat, asking.clone())), service)
             .with_upgrades();
         let limits = gate.limits.clone();
         let mut finishing = finishing.clone();
@@ -101,8 +105,11 @@ pub async fn serve(
                     connection.await
                 }
             };
+            // An idle keep-alive connection ends the same way, and is no refusal: only one that
+            // had begun a request it did not finish is.
             if let Err(e) = served
                 && e.is_timeout()
+                && asking.load(Ordering::Relaxed)
             {
                 limits.refused(Limit::HeaderTimeout, client);
             }
@@ -155,13 +162,15 @@ fn refuse(mut stream: TcpStream, polite: &Arc<Semaphore>) {
 struct Connection {
     stream: TcpStream,
     _seat: Seat,
+    /// Whether bytes came in since the last answer went out (a request has begun).
+    asking: Arc<AtomicBool>,
     /// A rewritten answer still to be sent, and how much of it went.
     rewritten: Option<(Vec<u8>, usize)>,
 }
 
 impl Connection {
-    fn new(stream: TcpStream, seat: Seat) -> Self {
-        Self { stream, _seat: seat, rewritten: None }
+    fn new(stream: TcpStream, seat: Seat, asking: Arc<AtomicBool>) -> Self {
+        Self { stream, _seat: seat, asking, rewritten: None }
     }
 
     /// Sends what is left of a rewritten answer.
@@ -182,13 +191,19 @@ impl Connection {
 
 impl AsyncRead for Connection {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.asking.store(true, Ordering::Relaxed);
+        }
+        read
     }
 }
 
 impl AsyncWrite for Connection {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         ready!(self.poll_rewritten(cx))?;
+        self.asking.store(false, Ordering::Relaxed);
         if let Some(answer) = with_detail(buf) {
             self.rewritten = Some((answer, 0));
             // Taken whole: the rest goes out on the next write, flush or shutdown.

@@ -22,7 +22,8 @@ fn load(server: &Server, args: &[&str]) -> Value {
 #[test]
 fn every_scenario_runs_and_reports() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&test_db(&dir), "127.0.0.1:0", &["--drain-grace", "0", "--max-images", "50"]);
+    let flags = [&["--drain-grace", "0", "--max-images", "50"], NO_RATES].concat();
+    let server = Server::start(&test_db(&dir), "127.0.0.1:0", &flags);
 
     // Bounded by count, not time: the duration is only a ceiling.
     let put = load(&server, &["put", "--duration", "120s", "--connections", "4", "--requests", "500"]);
@@ -67,7 +68,8 @@ fn every_scenario_runs_and_reports() {
 #[test]
 fn listening_subscribers_answer_pings_and_stay_connected() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&test_db(&dir), "127.0.0.1:0", &["--drain-grace", "0", "--ws-ping-interval", "1s"]);
+    let flags = [&["--drain-grace", "0", "--ws-ping-interval", "1s"], NO_RATES].concat();
+    let server = Server::start(&test_db(&dir), "127.0.0.1:0", &flags);
     let fanout = load(
         &server,
         &["fanout", "--duration", "5s", "--subscribers", "5", "--rate", "50", "--writers", "1", "--image", "p"],

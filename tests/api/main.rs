@@ -10,6 +10,7 @@ mod lifecycle;
 mod load;
 mod parsers;
 mod profiling;
+mod public;
 mod rest;
 mod rum;
 mod sse;

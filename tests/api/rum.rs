@@ -22,16 +22,6 @@ async fn scrape(http: &reqwest::Client, server: &Server) -> String {
     http.get(format!("http://{metrics}/metrics")).send().await.unwrap().text().await.unwrap()
 }
 
-/// The value of the first sample line that starts with `series`.
-fn sample(scrape: &str, series: &str) -> f64 {
-    scrape
-        .lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn reports_become_browser_metrics_and_error_logs() {
     let dir = tempfile::tempdir().unwrap();

@@ -151,7 +151,7 @@ async fn a_message_over_1_mib_is_closed_1009() {
 
 #[tokio::test]
 async fn a_subscriber_that_falls_far_behind_is_closed_1013() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(NO_RATES).await;
     // Connect and then read nothing while a lot is drawn.
     let mut slow = ws_connect(&app.ws_url("busy")).await;
     // Big events fill the socket buffers quickly; then the 1,024-event backlog overflows.

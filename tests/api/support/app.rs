@@ -17,6 +17,21 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The per-socket and per-client rates turned off, for tests that put load on purpose (as the
+/// benchmark suite does); connection and time limits stay at their defaults.
+pub const NO_RATES: &[&str] = &[
+    "--ws-command-rate",
+    "0",
+    "--ws-pixel-rate",
+    "0",
+    "--client-command-rate",
+    "0",
+    "--client-pixel-rate",
+    "0",
+    "--client-images-per-minute",
+    "0",
+];
+
 pub struct TestApp {
     pub addr: SocketAddr,
     pub http: reqwest::Client,
@@ -314,4 +329,56 @@ pub fn require(tool: &str, what: &str) -> bool {
         eprintln!("SKIPPED {what}: {tool} is not installed");
     }
     found
+}
+
+impl Server {
+    /// The metrics port's exposition, now.
+    pub async fn scrape(&self) -> String {
+        let url = format!("http://{}/metrics", self.metrics.expect("a metrics port"));
+        reqwest::get(url).await.unwrap().text().await.unwrap()
+    }
+
+    /// Polls the scrape until `series` reaches `at_least` (bounded by `WAIT`); its last value.
+    pub async fn until_sample(&self, series: &str, at_least: f64) -> f64 {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let value = sample(&self.scrape().await, series);
+            if value >= at_least || std::time::Instant::now() > deadline {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The value of the first sample line that starts with `series` (0 when absent).
+pub fn sample(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A TCP connection from a loopback address of its own (127.0.0.0/8 is all loopback on
+/// Linux): another client, as far as per-address limits can tell.
+pub async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// A WebSocket from `source` (see `connect_from`), with extra handshake headers.
+pub async fn ws_connect_from(source: &str, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
+    for (k, v) in headers {
+        request.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let tcp = connect_from(source, addr).await;
+    tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp)).await.map(|(ws, _)| ws)
 }
