@@ -9,6 +9,8 @@
 #   SECS=5 ROUNDS=1 bench/profiling-overhead.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=one-address.env
+source bench/one-address.env
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/draw64-target}
 cargo build --release --quiet --bin draw64 --example otlp_sink
 bin=$CARGO_TARGET_DIR/release

@@ -4,6 +4,8 @@
 # Needs wrk (apt-get install wrk). Usage: bench/put-first-figure.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=one-address.env
+source bench/one-address.env
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/draw64-target}
 cargo build --release --quiet --bin draw64 --example baseline
 bin=$CARGO_TARGET_DIR/release

@@ -23,7 +23,9 @@ work = tempfile.mkdtemp()
 server = subprocess.Popen(
     [binary, "--listen", "127.0.0.1:18000", "--metrics-listen", "127.0.0.1:19464",
      "--database", f"sqlite://{work}/bench.db", "--drain-grace", "0"],
-    env={**os.environ, "DRAW64_LOG": "warn"}, stderr=subprocess.DEVNULL)
+    # All the load comes from one address: the per-client rates off (bench/one-address.env).
+    env={**os.environ, "DRAW64_LOG": "warn", "DRAW64_CLIENT_COMMAND_RATE": "0", "DRAW64_CLIENT_PIXEL_RATE": "0",
+         "DRAW64_WS_COMMAND_RATE": "0", "DRAW64_WS_PIXEL_RATE": "0"}, stderr=subprocess.DEVNULL)
 HZ = os.sysconf("SC_CLK_TCK")
 
 def cpu_seconds():

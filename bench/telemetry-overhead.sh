@@ -7,6 +7,8 @@
 # Prints each figure and the ratios. Needs wrk and hey (apt-get install wrk hey).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=one-address.env
+source bench/one-address.env
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/draw64-target}
 cargo build --release --quiet --bin draw64 --example otlp_sink
 bin=$CARGO_TARGET_DIR/release

@@ -5,6 +5,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, Parser};
 
+pub use crate::limits::parse_duration;
+
 #[derive(Args, Debug, Clone)]
 pub struct Config {
     /// Address and port to serve HTTP, WebSocket and SSE on; port 0 picks a free port.
@@ -94,22 +96,6 @@ impl Config {
         }
         Serve::try_parse_from(args).map(|serve| serve.config)
     }
-}
-
-/// Accepts `5s`, `500ms`, `2m`, or a bare number of seconds (`1.5`).
-pub fn parse_duration(raw: &str) -> Result<Duration, String> {
-    let raw = raw.trim();
-    let (number, scale) = if let Some(n) = raw.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = raw.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = raw.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (raw, 1.0)
-    };
-    let value: f64 = number.trim().parse().map_err(|_| format!("{raw:?} is not a duration like 5s, 500ms or 2m"))?;
-    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("{raw:?} is not a positive duration"))
 }
 
 #[cfg(test)]

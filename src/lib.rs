@@ -8,8 +8,9 @@
 //! app → http → service → store → domain
 //!   │     │       ↑        ↑
 //!   │     └────→ bus ──────┘        bus → service (only `Replica`), store (`store::postgres`)
-//!   └→ config → store, telemetry, http::client (--trusted-proxies)
+//!   └→ config → store, telemetry, limits, http::client, http::caller (their flag types)
 //!                                   telemetry, lifecycle, domain, drill: use none of the others
+//!                                   (limits uses only telemetry's metrics)
 //! ```
 //!
 //! - [`domain`]: pure types and rules (ids, canvas, commands, events, PNG); no I/O.
@@ -22,6 +23,8 @@
 //! - [`bus`]: cross-instance fan-out behind the [`bus::Bus`] trait (PostgreSQL LISTEN/NOTIFY).
 //! - [`http`]: axum routers built from one route table (REST, WebSocket, SSE, health, page,
 //!   docs, metrics port), the observing middleware and the one error → response mapping.
+//! - [`limits`]: the public port's limits (flags, token buckets, seats per client address) and
+//!   the one place where a refusal is counted and logged; no I/O.
 //! - [`lifecycle`]: serving → draining → closing, and the shutdown signals; [`drill`]: panics
 //!   on purpose, armed from the metrics port, to prove that they are caught and recorded.
 //! - [`app`]: builds all of the above from a [`config::Config`] and runs it.

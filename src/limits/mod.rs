@@ -25,7 +25,7 @@ use opentelemetry::KeyValue;
 pub use bucket::{Bucket, Rate};
 pub use clients::{Full, Occupancy, Rates, Seat};
 
-use crate::{config::parse_duration, telemetry::metrics};
+use crate::telemetry::metrics;
 
 /// The public port's limits. Rates are per second, with a burst of two seconds' worth; a
 /// rate of 0 turns that limit off.
@@ -95,9 +95,31 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        crate::Config::try_from_args(["draw64"]).expect("the defaults parse").limits
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            options: Options,
+        }
+        <Only as clap::Parser>::try_parse_from(["draw64"]).expect("the defaults parse").options
     }
 }
+
+/// Accepts `5s`, `500ms`, `2m`, or a bare number of seconds (`1.5`).
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (number, scale) = if let Some(n) = raw.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = raw.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = raw.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (raw, 1.0)
+    };
+    let value: f64 = number.trim().parse().map_err(|_| format!("{raw:?} is not a duration like 5s, 500ms or 2m"))?;
+    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("{raw:?} is not a positive duration"))
+}
+
 
 /// Why something was refused: the `draw64.limit` attribute, bounded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

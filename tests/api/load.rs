@@ -22,7 +22,7 @@ fn load(server: &Server, args: &[&str]) -> Value {
 #[test]
 fn every_scenario_runs_and_reports() {
     let dir = tempfile::tempdir().unwrap();
-    let flags = [&["--drain-grace", "0", "--max-images", "50"], NO_RATES].concat();
+    let flags = [&["--drain-grace", "0", "--max-images", "50"], ONE_ADDRESS_LOAD].concat();
     let server = Server::start(&test_db(&dir), "127.0.0.1:0", &flags);
 
     // Bounded by count, not time: the duration is only a ceiling.
@@ -68,7 +68,7 @@ fn every_scenario_runs_and_reports() {
 #[test]
 fn listening_subscribers_answer_pings_and_stay_connected() {
     let dir = tempfile::tempdir().unwrap();
-    let flags = [&["--drain-grace", "0", "--ws-ping-interval", "1s"], NO_RATES].concat();
+    let flags = [&["--drain-grace", "0", "--ws-ping-interval", "1s"], ONE_ADDRESS_LOAD].concat();
     let server = Server::start(&test_db(&dir), "127.0.0.1:0", &flags);
     let fanout = load(
         &server,

@@ -108,7 +108,7 @@ fn metrics_url(server: &Server, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_on_demand_profile_is_pprof_naming_draw64_s_functions_under_load_and_is_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&test_db(&dir), "127.0.0.1:0", NO_RATES);
+    let server = Server::start(&test_db(&dir), "127.0.0.1:0", ONE_ADDRESS_LOAD);
     let http = reqwest::Client::new();
     let stop = Arc::new(AtomicBool::new(false));
     let puts = load(&server, stop.clone());
@@ -200,7 +200,7 @@ async fn continuous(protocol: &str) {
         ("OTEL_PROFILES_EXPORT_INTERVAL", "1000"),
         ("OTEL_SERVICE_NAME", "draw64-profiled"),
     ];
-    let flags = [&["--drain-grace", "0"], NO_RATES].concat();
+    let flags = [&["--drain-grace", "0"], ONE_ADDRESS_LOAD].concat();
     let server = Server::start_env(&test_db(&dir), "127.0.0.1:0", &flags, &env, None);
     let http = reqwest::Client::new();
     let instance = http.get(server.url("/healthz")).send().await.unwrap().headers()["x-served-by"].clone();

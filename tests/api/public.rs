@@ -190,7 +190,7 @@ async fn a_command_flood_is_refused_then_closed_1008_while_another_client_draws_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_never_reads_is_closed_within_the_send_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let flags = [&["--ws-send-timeout", "1s"], NO_RATES].concat();
+    let flags = [&["--ws-send-timeout", "1s"], ONE_ADDRESS_LOAD].concat();
     let server = Server::start(&test_db(&dir), "127.0.0.1:0", &flags);
     // A raw handshake with a tiny receive buffer, and then not one read.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();

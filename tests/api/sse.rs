@@ -88,7 +88,7 @@ async fn a_second_stream_counts_from_one_and_pings_every_5_s() {
 #[tokio::test]
 async fn creating_connects_are_announced_once_each_and_in_order_under_sweeps() {
     const CONNECTS: usize = 40;
-    let app = spawn_app_with(NO_RATES).await;
+    let app = spawn_app_with(ONE_ADDRESS_LOAD).await;
     let mut sse = Sse::open(&app).await;
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

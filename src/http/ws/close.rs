@@ -38,6 +38,14 @@ pub enum Ended {
 }
 
 impl Ended {
+    /// Whether a close frame went to the client (which then answers with its own).
+    pub fn sent_close(self) -> bool {
+        matches!(
+            self,
+            Ended::Lagged | Ended::Deleted | Ended::Shutdown | Ended::TooBig | Ended::Protocol | Ended::Policy
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Ended::Client => "client",

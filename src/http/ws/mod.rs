@@ -232,10 +232,40 @@ async fn session(
 
 /// The socket's loop: shutdown first, then events out, command outcomes, frames in, pings.
 async fn run(mut sink: Sink, mut stream: SplitStream<WebSocket>, origin: &Origin<'_>, app: &AppState) -> Ended {
+    let ended = exchange(&mut sink, &mut stream, origin, app).await;
+    if ended.sent_close() {
+        linger(&mut stream).await;
+    }
+    ended
+}
+
+/// After our close frame, reads (and drops) what the client still sends until its own close,
+/// for a second at most: closing with its frames unread would make the kernel reset the
+/// connection, and the client could lose our close frame, and its reason, with it.
+async fn linger(stream: &mut SplitStream<WebSocket>) {
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// How long a closed socket waits for the client's close.
+const LINGER: Duration = Duration::from_secs(1);
+
+async fn exchange(
+    sink: &mut Sink,
+    stream: &mut SplitStream<WebSocket>,
+    origin: &Origin<'_>,
+    app: &AppState,
+) -> Ended {
     let id = origin.image;
     let Some(mut events) = app.service.subscribe(id) else {
         // Deleted between the handshake and now.
-        return close(&mut sink, CLOSE_IMAGE_DELETED, "Image deleted.", Ended::Deleted).await;
+        return close(sink, CLOSE_IMAGE_DELETED, "Image deleted.", Ended::Deleted).await;
     };
     let closing = app.lifecycle.closing();
     tokio::pin!(closing);
@@ -251,17 +281,17 @@ async fn run(mut sink: Sink, mut stream: SplitStream<WebSocket>, origin: &Origin
         let step = tokio::select! {
             biased;
             _ = &mut closing => {
-                return close(&mut sink, CLOSE_GOING_AWAY, "Server shutting down; reconnect.", Ended::Shutdown).await;
+                return close(sink, CLOSE_GOING_AWAY, "Server shutting down; reconnect.", Ended::Shutdown).await;
             }
             event = events.recv() => match event {
                 Ok(event) if event.kind == RESYNC => {
                     let reason = "The image was reloaded; reconnect and reload it.";
-                    return close(&mut sink, CLOSE_TRY_AGAIN_LATER, reason, Ended::Lagged).await;
+                    return close(sink, CLOSE_TRY_AGAIN_LATER, reason, Ended::Lagged).await;
                 }
-                Ok(event) => forward(&mut sink, &mut events, event, id).await,
-                Err(RecvError::Lagged(missed)) => return lagged(&mut sink, id, missed).await,
+                Ok(event) => forward(sink, &mut events, event, id).await,
+                Err(RecvError::Lagged(missed)) => return lagged(sink, id, missed).await,
                 Err(RecvError::Closed) => {
-                    return close(&mut sink, CLOSE_IMAGE_DELETED, "Image deleted.", Ended::Deleted).await;
+                    return close(sink, CLOSE_IMAGE_DELETED, "Image deleted.", Ended::Deleted).await;
                 }
             },
             // The oldest command's outcome (the writer answers in order): refusals go back
@@ -269,14 +299,14 @@ async fn run(mut sink: Sink, mut stream: SplitStream<WebSocket>, origin: &Origin
             outcome = async { pending.front_mut().expect("guarded by the condition").as_mut().await }, if !pending.is_empty() => {
                 pending.pop_front();
                 match outcome {
-                    Some(detail) => send_error(&mut sink, &detail).await,
+                    Some(detail) => send_error(sink, &detail).await,
                     None => Ok(()),
                 }
             }
             // Stops reading while too many of this client's commands are in flight: backpressure.
             frame = stream.next(), if pending.len() < MAX_IN_FLIGHT => {
                 last_heard = Instant::now();
-                on_frame(&mut sink, frame, &mut pending, &mut allowance, origin, app).await
+                on_frame(sink, frame, &mut pending, &mut allowance, origin, app).await
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > interval * 2 + Duration::from_secs(1) {

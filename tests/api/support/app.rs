@@ -17,9 +17,16 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// The per-socket and per-client rates turned off, for tests that put load on purpose (as the
-/// benchmark suite does); connection and time limits stay at their defaults.
-pub const NO_RATES: &[&str] = &[
+/// For tests that put load on purpose from one address (as the benchmark suite does): the rates
+/// off and the seats per client as many as in all; the checks still run, and the time limits
+/// and the caps in all stay at their defaults.
+pub const ONE_ADDRESS_LOAD: &[&str] = &[
+    "--max-connections-per-client",
+    "16384",
+    "--max-websockets-per-client",
+    "16384",
+    "--max-streams-per-client",
+    "16384",
     "--ws-command-rate",
     "0",
     "--ws-pixel-rate",
