@@ -83,7 +83,6 @@ impl App {
             served_by: axum::http::HeaderValue::from_str(&instance_id).ok(),
             bus,
             prometheus: telemetry.and_then(|t| t.prometheus.clone()),
-            rum_limits: Default::default(),
             fire_drills: config.fire_drills,
             trusted_proxies: config.trusted_proxies.clone(),
             limits: Arc::new(Limits::new(fit_to_descriptors(config.limits.clone()))),

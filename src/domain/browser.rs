@@ -4,10 +4,15 @@
 
 use serde::Deserialize;
 
+use super::Integral;
+
 /// Most events one report may carry.
 pub const MAX_EVENTS: usize = 64;
-/// Longest error message kept (longer ones are cut, on a character boundary).
+/// Longest error message, in characters (the page cuts it there); in the log it is cut further
+/// to this many bytes, on a character boundary.
 pub const MAX_MESSAGE: usize = 200;
+/// Longest error type name, in characters (the page cuts it there).
+pub const MAX_KIND: usize = 64;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,7 +33,7 @@ enum WireEvent {
     Socket {
         event: Socket,
         #[serde(default)]
-        code: Option<u16>,
+        code: Option<Integral>,
     },
     Error {
         kind: String,
@@ -100,7 +105,8 @@ impl Socket {
 }
 
 /// Close codes a page can see from Draw64 or its own network; any other is `other`.
-const CLOSE_CODES: [&str; 9] = ["1000", "1001", "1005", "1006", "1009", "1011", "1012", "1013", "4404"];
+const CLOSE_CODES: [&str; 12] =
+    ["1000", "1001", "1002", "1005", "1006", "1007", "1008", "1009", "1011", "1012", "1013", "4404"];
 /// JavaScript error names kept as themselves; any other is `Error`.
 const ERROR_KINDS: [&str; 8] = [
     "Error",
@@ -178,13 +184,19 @@ impl Event {
                 Event::Timing { name, value, trace_id }
             }
             WireEvent::Socket { event, code } => {
-                let code = match code {
+                let code = match code.map(|Integral(c)| u16::try_from(c)) {
                     None => "none",
-                    Some(code) => CLOSE_CODES.iter().find(|c| **c == code.to_string()).copied().unwrap_or("other"),
+                    Some(Ok(code)) => CLOSE_CODES.iter().find(|c| **c == code.to_string()).copied().unwrap_or("other"),
+                    Some(Err(_)) => return Err(ReportError::Invalid("a close code is from 0 to 65535".into())),
                 };
                 Event::Socket { event, code }
             }
             WireEvent::Error { kind, message } => {
+                if kind.chars().count() > MAX_KIND || message.chars().count() > MAX_MESSAGE {
+                    return Err(ReportError::Invalid(format!(
+                        "an error's kind is at most {MAX_KIND} characters and its message {MAX_MESSAGE}"
+                    )));
+                }
                 let kind = ERROR_KINDS.iter().find(|k| **k == kind).copied().unwrap_or("Error");
                 let mut end = message.len().min(MAX_MESSAGE);
                 while !message.is_char_boundary(end) {

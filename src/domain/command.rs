@@ -2,7 +2,7 @@ use std::fmt::{self, Write};
 
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, SeqAccess, Visitor};
 
-use super::{Canvas, Color};
+use super::{Canvas, Color, Integral};
 
 /// One change to an image, as a client sends it in a PUT body or a WebSocket frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,7 +129,9 @@ impl<'de> Visitor<'de> for PixelVisitor {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Pixel, A::Error> {
         let mut n = [0i64; 5];
         for (i, slot) in n.iter_mut().enumerate() {
-            *slot = seq.next_element::<i64>()?.ok_or_else(|| de::Error::custom(format!("{PIXEL_SHAPE}; got {i}")))?;
+            let Integral(v) =
+                seq.next_element()?.ok_or_else(|| de::Error::custom(format!("{PIXEL_SHAPE}; got {i}")))?;
+            *slot = v;
         }
         if seq.next_element::<IgnoredAny>()?.is_some() {
             return Err(de::Error::custom(format!("{PIXEL_SHAPE}; got more than 5")));
@@ -171,7 +173,10 @@ mod tests {
             (r#"{"command":{"command_type":"draw","values":[[1,2,-1,4,5]]}}"#, "red value -1"),
             (r#"{"command":{"command_type":"draw","values":[[1,2,3,4]]}}"#, "exactly 5 integers"),
             (r#"{"command":{"command_type":"draw","values":[[1,2,3,4,5,6]]}}"#, "got more than 5"),
-            (r#"{"command":{"command_type":"draw","values":[[1.5,2,3,4,5]]}}"#, "floating point"),
+            (r#"{"command":{"command_type":"draw","values":[[1.5,2,3,4,5]]}}"#, "1.5 is not an integer"),
+            (r#"{"command":{"command_type":"draw","values":[[1e300,2,3,4,5]]}}"#, "is not an integer"),
+            (r#"{"command":{"command_type":"draw","values":[[18446744073709551615,2,3,4,5]]}}"#, "too large"),
+            (r#"{"command":{"command_type":"draw","values":[[1,2,3,4,256.0]]}}"#, "blue value 256"),
             (r#"{"command":{"command_type":"draw","values":[["1",2,3,4,5]]}}"#, "string"),
             (r#"{"command":{"command_type":"draw"}}"#, "needs \"values\""),
             (r#"{"command":{"command_type":"erase"}}"#, "unknown command_type \"erase\""),
@@ -184,6 +189,12 @@ mod tests {
             let err = parse(body).unwrap_err();
             assert!(err.contains(expected), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn integral_numbers_written_with_a_point_are_integers() {
+        let cmd = parse(r#"{"command":{"command_type":"draw","values":[[1.0,-2.0,3,4.0,255.0]]}}"#).unwrap();
+        assert_eq!(cmd, Command::Draw(vec![Pixel { x: 1, y: -2, color: Color { r: 3, g: 4, b: 255 } }]));
     }
 
     #[test]

@@ -49,8 +49,14 @@ pub struct CommandSpec {
     /// For `draw`: pixels `[x, y, r, g, b]`; x and y outside 0..63 are skipped, r, g, b must be
     /// 0..255.
     #[schema(example = json!([[3, 4, 255, 0, 0]]), nullable = false, max_items = 4096)]
-    values: Option<Vec<[i64; 5]>>,
+    values: Option<Vec<Pixel>>,
 }
+
+/// `[x, y, r, g, b]` (its exact schema is written in `docs::document`: utoipa cannot say
+/// "five integers, the last three 0 to 255").
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Pixel(Vec<i64>);
 
 #[utoipa::path(get, path = "/images", tag = "images",
     responses((status = 200, description = "Every image", body = [ImageInfo])))]
@@ -61,7 +67,11 @@ pub async fn list(State(app): State<AppState>) -> Json<Vec<ImageInfo>> {
 #[utoipa::path(post, path = "/images", tag = "images",
     responses(
         (status = 201, description = "Created with a random readable id", body = ImageInfo),
-        (status = 409, description = "The active-image limit is reached", body = Detail)))]
+        (status = 403, description = "Sent by a page of another origin (--allowed-origins)", body = Detail),
+        (status = 409, description = "The active-image limit is reached", body = Detail),
+        (status = 422, description = "A body declared as a form or text", body = Detail),
+        (status = 429, description = "Over --client-images-per-minute; Retry-After says when", body = Detail),
+        (status = 503, description = "Storage unavailable; nothing changed", body = Detail)))]
 pub async fn create_random(
     State(app): State<AppState>,
     caller: Caller,
@@ -76,8 +86,11 @@ pub async fn create_random(
 #[utoipa::path(post, path = "/images/{image_id}", tag = "images", params(ImageIdParam),
     responses(
         (status = 201, description = "Created", body = ImageInfo),
+        (status = 403, description = "Sent by a page of another origin (--allowed-origins)", body = Detail),
         (status = 409, description = "The id exists, or the active-image limit is reached", body = Detail),
-        (status = 422, description = "Invalid image id", body = Detail)))]
+        (status = 422, description = "Invalid image id, or a body declared as a form or text", body = Detail),
+        (status = 429, description = "Over --client-images-per-minute; Retry-After says when", body = Detail),
+        (status = 503, description = "Storage unavailable; nothing changed", body = Detail)))]
 pub async fn create(
     State(app): State<AppState>,
     caller: Caller,
@@ -139,9 +152,14 @@ pub async fn data(State(app): State<AppState>, ImagePath(id): ImagePath) -> Resu
     request_body(content = CommandRequest, description = "No Content-Type is read as JSON"),
     responses(
         (status = 200, description = "Applied and durable; pushed to the image's WebSockets", body = ()),
+        (status = 401, description = "A clear_canvas without the admin token (when one is set)", body = Detail),
+        (status = 403, description = "Another origin's page, or a wrong admin token", body = Detail),
         (status = 404, description = "No such image", body = Detail),
+        (status = 405, description = "The PNG form of an image can only be read", body = Detail),
+        (status = 408, description = "The body did not arrive within --body-timeout", body = Detail),
         (status = 413, description = "Body over 1 MiB", body = Detail),
-        (status = 422, description = "Invalid id, JSON or command; nothing changed", body = Detail),
+        (status = 422, description = "Invalid id, JSON or command (or over --max-pixels-per-command); nothing changed", body = Detail),
+        (status = 429, description = "Over the client's command or pixel rate; Retry-After says when", body = Detail),
         (status = 503, description = "Storage unavailable; nothing changed", body = Detail)))]
 pub async fn put(
     State(app): State<AppState>,
@@ -163,8 +181,12 @@ pub async fn put(
 #[utoipa::path(delete, path = "/images/{image_id}", tag = "images", params(ImageIdParam),
     responses(
         (status = 200, description = "Deleted; its WebSockets get image_deleted and close 4404", body = ()),
+        (status = 401, description = "No admin token (when one is set)", body = Detail),
+        (status = 403, description = "Another origin's page, or a wrong admin token", body = Detail),
         (status = 404, description = "No such image", body = Detail),
-        (status = 422, description = "Invalid image id", body = Detail)))]
+        (status = 405, description = "The PNG form of an image can only be read", body = Detail),
+        (status = 422, description = "Invalid image id", body = Detail),
+        (status = 503, description = "Storage unavailable; nothing changed", body = Detail)))]
 pub async fn delete(
     State(app): State<AppState>,
     caller: Caller,

@@ -50,6 +50,8 @@ pub enum ApiError {
     NoRoute,
     #[error("Method Not Allowed")]
     MethodNotAllowed,
+    #[error("The PNG form of an image can only be read (GET or HEAD).")]
+    PngIsReadOnly,
     #[error("Internal server error; the request was not completed.")]
     Panicked,
     #[error("invalid query: {0}")]
@@ -97,7 +99,7 @@ impl ApiError {
             ApiError::CrossOrigin => StatusCode::FORBIDDEN,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NoRoute => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed | ApiError::PngIsReadOnly => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Service(e) => match e {
                 ServiceError::NotFound => StatusCode::NOT_FOUND,
                 ServiceError::AlreadyExists | ServiceError::TooManyImages | ServiceError::TooManyTotal(_) => {
@@ -149,6 +151,10 @@ impl IntoResponse for ApiError {
             ApiError::AdminRequired => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"draw64\""));
             }
+            // axum names the methods of its own 405s; this one comes from a shared route.
+            ApiError::PngIsReadOnly => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
+            }
             // The rest of the body may still be on its way: the connection cannot be reused.
             ApiError::BodyTimeout(_) => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -170,6 +176,12 @@ pub async fn no_route() -> ApiError {
     ApiError::NoRoute
 }
 
-pub async fn method_not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed
+/// axum lists the route's methods in `Allow`; `/images/ID.png` shares its route with the
+/// image, but only GET and HEAD apply to it.
+pub async fn method_not_allowed(uri: axum::http::Uri) -> ApiError {
+    if uri.path().starts_with("/images/") && uri.path().ends_with(".png") {
+        ApiError::PngIsReadOnly
+    } else {
+        ApiError::MethodNotAllowed
+    }
 }

@@ -20,6 +20,10 @@ impl<S: Send + Sync> FromRequestParts<S> for ImagePath {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Path(raw) = Path::<String>::from_request_parts(parts, state).await?;
+        // `/images/ID.png` shares the route: the PNG can only be read.
+        if raw.ends_with(".png") && parts.method != axum::http::Method::GET {
+            return Err(ApiError::PngIsReadOnly);
+        }
         Ok(Self(ImageId::parse(&raw)?))
     }
 }

@@ -59,7 +59,6 @@ pub struct Shared {
     /// What `/metrics` encodes, when metrics go to Prometheus.
     pub prometheus: Option<prometheus::Registry>,
     /// The rates of `POST /rum`.
-    pub rum_limits: rum::RumLimits,
     /// Whether the metrics port may arm fire drills (`--fire-drills`).
     pub fire_drills: bool,
     /// Whose `X-Forwarded-For` names the client (`--trusted-proxies`).

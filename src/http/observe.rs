@@ -97,10 +97,11 @@ pub async fn observe(State(app): State<AppState>, req: Request, next: Next) -> R
     }
     let cx = parent.with_span(span);
     let request_size = req.body().size_hint().exact();
-    // Only when asked for (DRAW64_LOG=info,draw64=debug): the access log's client address.
+    // Only when asked for (DRAW64_LOG=info,draw64=debug): the access log's client address and
+    // path (the query is left out: it may carry credentials).
     let client = tracing::enabled!(tracing::Level::DEBUG).then(|| {
         let peer = super::serve::peer_ip(req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>());
-        app.trusted_proxies.client(peer, req.headers())
+        (app.trusted_proxies.client(peer, req.headers()), req.uri().path().to_owned())
     });
 
     let m = metrics();
@@ -166,10 +167,11 @@ pub async fn observe(State(app): State<AppState>, req: Request, next: Next) -> R
     {
         let _attached = cx.clone().attach();
         // The access log: debug, so it costs nothing unless asked for (DRAW64_LOG=info,draw64=debug).
-        if let Some(client) = client {
+        if let Some((client, path)) = client {
             tracing::debug!(
                 method,
                 http.route = route.unwrap_or("-"),
+                url.path = path,
                 status = status.as_u16(),
                 client.address = %client,
                 duration_s = took.as_secs_f64(),

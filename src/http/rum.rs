@@ -2,39 +2,40 @@
 //! OpenTelemetry signals — the `draw64.browser.*` histograms and counters, and a log record per
 //! browser error — so real-user monitoring shows in Prometheus and Grafana with nothing else
 //! to run. Public and unauthenticated, so strictly bounded: a 16 KiB body, a fixed schema, the
-//! page's own origin only, and a rate per client address and in all.
-
-use std::{
-    net::IpAddr,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+//! page's own origin only, and a rate per client address and in all (`limits`).
 
 use axum::{extract::State, http::StatusCode};
 use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute as attr;
 
-use super::{AppState, caller::Caller, error::ApiError, extract::TimedBody};
+use super::{
+    AppState,
+    caller::Caller,
+    error::{ApiError, Detail},
+    extract::TimedBody,
+};
 use crate::{
     domain::browser::{Event, Report, Timing},
-    limits::{Bucket, Rate, Rates},
     telemetry::metrics,
 };
 
+/// A report's schema, for the API document (written in `docs::document`; the parser is
+/// `domain::browser`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct BrowserReport(Vec<u8>);
+
 /// Largest report accepted (a page sends a few hundred bytes every few seconds).
 pub const MAX_REPORT: usize = 16 * 1024;
-/// Reports per second one client address may send, and its burst; a page sends one every 5 s.
-const PER_CLIENT: Rate = Rate { per_second: 2.0, burst: 20.0 };
-/// Reports per second from everyone together, and the burst.
-const IN_ALL: Rate = Rate { per_second: 500.0, burst: 1000.0 };
 /// A draw→echo at least this slow is logged with its stroke's trace id.
 const SLOW_STROKE_MS: f64 = 250.0;
 
 #[utoipa::path(post, path = "/rum", tag = "telemetry",
-    request_body(content = String, description = "`{\"session\": HEX, \"events\": [...]}`: timing, socket and error events (see docs/observability.md)"),
-    responses((status = 204, description = "Accepted"), (status = 403, description = "From another origin"),
-        (status = 413, description = "Larger than 16 KiB"), (status = 422, description = "Not a valid report"),
-        (status = 429, description = "Too many reports")))]
+    request_body(content = BrowserReport, content_type = "application/json", description = "Timing, socket and error events (docs/observability.md); at most 16 KiB"),
+    responses((status = 204, description = "Accepted"), (status = 403, description = "From another origin", body = Detail),
+        (status = 408, description = "The body did not arrive within --body-timeout", body = Detail),
+        (status = 413, description = "Larger than 16 KiB", body = Detail), (status = 422, description = "Not a valid report", body = Detail),
+        (status = 429, description = "Too many reports; Retry-After says when", body = Detail)))]
 pub async fn report(
     State(app): State<AppState>,
     caller: Result<Caller, ApiError>,
@@ -59,7 +60,7 @@ fn accept(app: &AppState, caller: Result<Caller, ApiError>, body: Result<TimedBo
     if body.len() > MAX_REPORT {
         return Err(ApiError::TooLarge);
     }
-    app.rum_limits.allow(caller.client).map_err(|retry_after| ApiError::Throttled { what: "reports", retry_after })?;
+    app.limits.report(caller.client).map_err(|retry_after| ApiError::Throttled { what: "reports", retry_after })?;
     Ok(Report::parse_json(&body)?)
 }
 
@@ -89,40 +90,5 @@ fn record(report: &Report) {
                 tracing::warn!(error.type = kind, browser.message = %message, session = %report.session, "browser error");
             }
         }
-    }
-}
-
-/// Token buckets: one per client address, and one for everyone.
-pub struct RumLimits {
-    clients: Rates<1>,
-    all: Mutex<Bucket>,
-}
-
-impl Default for RumLimits {
-    fn default() -> Self {
-        Self { clients: Rates::new([PER_CLIENT]), all: Mutex::new(Bucket::full(IN_ALL, Instant::now())) }
-    }
-}
-
-impl RumLimits {
-    /// Takes a report's token, or answers how long until one is free.
-    fn allow(&self, client: IpAddr) -> Result<(), Duration> {
-        let now = Instant::now();
-        self.clients.take(client, [1.0], now).map_err(|(_, wait)| wait)?;
-        self.all.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take(IN_ALL, 1.0, now)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_client_gets_its_burst_then_its_rate_and_others_are_not_affected() {
-        let limits = RumLimits::default();
-        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let allowed = (0..100).filter(|_| limits.allow(a).is_ok()).count();
-        assert_eq!(allowed, PER_CLIENT.burst as usize);
-        assert!(limits.allow(b).is_ok());
     }
 }

@@ -13,7 +13,7 @@ pub mod clients;
 use std::{
     net::IpAddr,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -91,6 +91,16 @@ pub struct Options {
     /// event beyond). 0: no cap, as the original.
     #[arg(long, env = "DRAW64_MAX_PIXELS_PER_COMMAND", default_value_t = 4096)]
     pub max_pixels_per_command: usize,
+
+    /// Real-user-monitoring reports (POST /rum) per second from one client address, with a
+    /// burst of 20 (a page sends one every 5 s, and one as it closes; 429 beyond).
+    #[arg(long, env = "DRAW64_CLIENT_REPORT_RATE", default_value_t = 2.0)]
+    pub client_report_rate: f64,
+
+    /// Real-user-monitoring reports per second from everyone together (429 beyond): what the
+    /// telemetry pipeline is asked to take, whatever the number of clients.
+    #[arg(long, env = "DRAW64_REPORT_RATE", default_value_t = 500.0)]
+    pub report_rate: f64,
 }
 
 impl Default for Options {
@@ -140,10 +150,12 @@ pub enum Limit {
     Persistent,
     Origin,
     AdminToken,
+    Reports,
+    ReportsInAll,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 15] = [
+    pub const ALL: [Limit; 17] = [
         Limit::Connections,
         Limit::ConnectionsPerClient,
         Limit::WebsocketsPerClient,
@@ -159,6 +171,8 @@ impl Limit {
         Limit::Persistent,
         Limit::Origin,
         Limit::AdminToken,
+        Limit::Reports,
+        Limit::ReportsInAll,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -178,6 +192,8 @@ impl Limit {
             Limit::Persistent => "persistent",
             Limit::Origin => "origin",
             Limit::AdminToken => "admin_token",
+            Limit::Reports => "reports",
+            Limit::ReportsInAll => "reports_in_all",
         }
     }
 
@@ -186,6 +202,7 @@ impl Limit {
         match self {
             Limit::Pixels => "pixels",
             Limit::Images => "new images",
+            Limit::Reports | Limit::ReportsInAll => "reports",
             _ => "commands",
         }
     }
@@ -207,6 +224,8 @@ impl Limit {
             Limit::Persistent => "WebSocket closed with 1008: it kept going over its rates",
             Limit::Origin => "request refused: its Origin is not in --allowed-origins",
             Limit::AdminToken => "request refused: it needs the admin token",
+            Limit::Reports => "browser report refused: over --client-report-rate",
+            Limit::ReportsInAll => "browser report refused: over --report-rate",
         }
     }
 }
@@ -229,6 +248,9 @@ pub struct Limits {
     /// Per client: commands and pixels.
     pub writes: Rates<2>,
     pub images: Rates<1>,
+    /// Browser reports: per client, and from everyone together.
+    reports: Rates<1>,
+    all_reports: Mutex<(Rate, Bucket)>,
     started: Instant,
     throttles: [Throttle; Limit::ALL.len()],
 }
@@ -246,6 +268,11 @@ impl Limits {
             ]),
             // A minute's worth at once: a page that opens a few images is never refused.
             images: Rates::new([Rate { per_second: per_minute, burst: options.client_images_per_minute.max(1.0) }]),
+            reports: Rates::new([Rate::per_second(options.client_report_rate, 20.0)]),
+            all_reports: {
+                let rate = Rate::per_second(options.report_rate, 1.0);
+                Mutex::new((rate, Bucket::full(rate, Instant::now())))
+            },
             options,
             started: Instant::now(),
             throttles: std::array::from_fn(|_| Throttle { last_logged: AtomicU64::new(0), unlogged: AtomicU64::new(0) }),
@@ -255,6 +282,22 @@ impl Limits {
     /// A socket's own rates: commands and pixels.
     pub fn socket_rates(&self) -> [Rate; 2] {
         [Rate::per_second(self.options.ws_command_rate, 1.0), Rate::per_second(self.options.ws_pixel_rate, 4096.0)]
+    }
+
+    /// Takes a browser report's token from its client's bucket and from everyone's, or
+    /// counts the refusal and answers how long until there is one.
+    pub fn report(&self, client: IpAddr) -> Result<(), Duration> {
+        let now = Instant::now();
+        if let Err((_, wait)) = self.reports.take(client, [1.0], now) {
+            self.refused(Limit::Reports, Some(client));
+            return Err(wait);
+        }
+        let mut all = self.all_reports.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (rate, bucket) = &mut *all;
+        bucket.take(*rate, 1.0, now).inspect_err(|_| {
+            drop(all);
+            self.refused(Limit::ReportsInAll, Some(client));
+        })
     }
 
     /// Counts a refusal, and logs it unless a line for the same limit went out in the last
@@ -305,5 +348,20 @@ mod tests {
         let o = Options::default();
         assert_eq!((o.max_connections, o.max_pixels_per_command), (16_384, 4096));
         assert_eq!(o.header_timeout, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn a_client_gets_its_report_burst_then_its_rate_and_others_are_not_affected() {
+        let limits = Limits::default();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert_eq!((0..100).filter(|_| limits.report(a).is_ok()).count(), 20);
+        assert!(limits.report(b).is_ok());
+    }
+
+    #[test]
+    fn reports_in_all_are_bounded_whatever_the_number_of_clients() {
+        let limits = Limits::new(Options { report_rate: 5.0, ..Options::default() });
+        let allowed = (0..100u8).filter(|i| limits.report(IpAddr::from([10, 0, 1, *i])).is_ok()).count();
+        assert_eq!(allowed, 10, "two seconds' worth");
     }
 }

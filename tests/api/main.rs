@@ -13,6 +13,7 @@ mod profiling;
 mod public;
 mod rest;
 mod rum;
+mod schema;
 mod sse;
 mod support;
 mod telemetry;

@@ -67,3 +67,68 @@ proptest! {
         judged(ImageId::parse(&raw).map(drop).map_err(ApiError::from));
     }
 }
+
+/// What a client sends after the handshake, in the server's framing (masked or not, final or
+/// fragment, any opcode, text that is a command or noise, a length that lies), as the fuzz
+/// target `ws_frames` explores it with coverage; here, random but shaped.
+fn frames_like() -> impl Strategy<Value = Vec<u8>> {
+    let payload = prop_oneof![
+        command_like().prop_map(String::into_bytes),
+        prop::collection::vec(any::<u8>(), 0..40),
+        Just(vec![0xff, 0xfe]),
+    ];
+    let frame = (0u8..16, any::<bool>(), any::<bool>(), payload, any::<[u8; 4]>(), 0u8..4).prop_map(
+        |(opcode, fin, masked, payload, key, lie)| {
+            let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+            let n = payload.len() + usize::from(lie);
+            out.push((if masked { 0x80 } else { 0 }) | n.min(125) as u8);
+            if masked {
+                out.extend_from_slice(&key);
+                out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+            } else {
+                out.extend_from_slice(&payload);
+            }
+            out
+        },
+    );
+    prop::collection::vec(frame, 0..6).prop_map(|frames| frames.concat())
+}
+
+/// The client's bytes in, the server's discarded.
+struct Wire(std::io::Cursor<Vec<u8>>);
+
+impl std::io::Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl std::io::Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 20_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_frames_after_the_handshake(bytes in frames_like()) {
+        use tokio_tungstenite::tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
+        let config = WebSocketConfig::default().max_message_size(Some(1 << 20)).max_frame_size(Some(1 << 20));
+        let mut socket = WebSocket::from_raw_socket(Wire(std::io::Cursor::new(bytes)), Role::Server, Some(config));
+        for _ in 0..64 {
+            match socket.read() {
+                Ok(tokio_tungstenite::tungstenite::Message::Text(text)) => {
+                    judged(Command::parse_frame(text.as_bytes()).map(drop).map_err(ApiError::from));
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+}

@@ -108,7 +108,7 @@ async fn bad_commands_are_422_with_a_reason_and_change_nothing() {
         (draw(&[[0, 0, 1, 1, 1], [1, 1, 0, -1, 0]]), "green value -1"),
         (r#"{"command":{"command_type":"draw","values":[[0,0,1,1,1],[1,1,1,1]]}}"#.into(), "exactly 5 integers"),
         (r#"{"command":{"command_type":"draw","values":[[0,0,1,1,1,1]]}}"#.into(), "exactly 5 integers"),
-        (r#"{"command":{"command_type":"draw","values":[[0.5,0,1,1,1]]}}"#.into(), "floating point"),
+        (r#"{"command":{"command_type":"draw","values":[[0.5,0,1,1,1]]}}"#.into(), "0.5 is not an integer"),
         (r#"{"command":{"command_type":"draw","values":"no"}}"#.into(), "invalid type"),
         (r#"{"command":{"command_type":"paint","values":[]}}"#.into(), "unknown command_type \"paint\""),
         (r#"{"command":{"command_type":"draw"}}"#.into(), "needs \"values\""),
@@ -165,6 +165,13 @@ async fn png_decodes_to_the_drawn_pixels() {
     assert_eq!(at(5, 9), [200, 100, 50]);
     assert_eq!(at(9, 5), [255, 255, 255]);
     assert_eq!(at(63, 63), [0, 0, 0]);
+    // The PNG shares the image's route but can only be read, and the 405 says so (RFC 9110).
+    for method in [reqwest::Method::PUT, reqwest::Method::DELETE, reqwest::Method::POST] {
+        let res = app.http.request(method.clone(), app.url("/images/pic.png")).send().await.unwrap();
+        assert_eq!(res.status(), 405, "{method}");
+        assert_eq!(res.headers()["allow"], "GET,HEAD", "{method}");
+    }
+    assert_eq!(app.get_json("/images/pic/data").await.0, 200, "the image is still there");
     app.stop().await;
 }
 

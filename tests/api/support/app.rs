@@ -37,6 +37,8 @@ pub const ONE_ADDRESS_LOAD: &[&str] = &[
     "0",
     "--client-images-per-minute",
     "0",
+    "--client-report-rate",
+    "0",
 ];
 
 pub struct TestApp {
