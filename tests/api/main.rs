@@ -15,6 +15,7 @@ mod rest;
 mod rum;
 mod schema;
 mod sse;
+mod storage;
 mod support;
 mod telemetry;
 mod websocket;

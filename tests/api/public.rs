@@ -301,58 +301,6 @@ async fn with_an_admin_token_deleting_and_clearing_need_it() {
 }
 
 #[tokio::test]
-async fn database_files_removed_under_a_running_store_refuse_writes_and_readiness() {
-    if std::env::var("DRAW64_TEST_BACKEND").as_deref() == Ok("postgres") {
-        println!("skipped: the files are SQLite's");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gone.db");
-    let app = spawn_app_on(&format!("sqlite://{}", path.display()), &[], tempfile::tempdir().unwrap()).await;
-    assert_eq!(app.post("/images/default").await.0, 201);
-    assert_eq!(app.put("default", &draw(&[[0, 0, 1, 1, 1]])).await.0, 200);
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
-    let (status, body) = app.put("default", &draw(&[[0, 0, 2, 2, 2]])).await;
-    assert_eq!(status, 503, "{body}");
-    let (status, ready) = app.get_json("/readyz").await;
-    assert_eq!(status, 503, "{ready}");
-    assert!(ready["checks"]["store"]["status"].as_str().unwrap().contains("removed or replaced"), "{ready}");
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn a_damaged_database_file_is_refused_at_start_with_the_reason() {
-    if std::env::var("DRAW64_TEST_BACKEND").as_deref() == Ok("postgres") {
-        println!("skipped: the file is SQLite's");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let db = test_db(&dir);
-    let server = Server::start(&db, "127.0.0.1:0", &["--drain-grace", "0"]);
-    let http = reqwest::Client::new();
-    for i in 0..5 {
-        assert_eq!(http.post(server.url(&format!("/images/i{i}"))).send().await.unwrap().status(), 201);
-    }
-    server.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(server.wait(), Some(0));
-    // 64 bytes of garbage over the head of the second page (a table's b-tree page).
-    let file = db.strip_prefix("sqlite://").unwrap();
-    let mut bytes = std::fs::read(file).unwrap();
-    let page = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
-    bytes[page..page + 64].fill(0xA5);
-    std::fs::write(file, bytes).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_draw64"))
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--database", &db])
-        .output()
-        .unwrap();
-    let logs = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a damaged database was served");
-    assert!(logs.contains("damaged") || logs.contains("malformed"), "{logs}");
-}
-
-#[tokio::test]
 async fn unparsable_requests_get_a_json_detail_and_websocket_violations_their_close_codes() {
     let app = spawn_app().await;
     for (request, status) in [

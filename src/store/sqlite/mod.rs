@@ -63,6 +63,11 @@ pub struct SqliteStore {
 /// How often the writer copies the WAL back into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Pages (of 4 KiB) the log may hold before the commit that passes it checkpoints at once,
+/// whatever the clock: a burst cannot grow the log without bound, so what a checkpoint needs
+/// after the disk fills (room for the log's pages in the database file) stays within this.
+const CHECKPOINT_PAGES: i64 = 1000;
+
 /// A WAL left larger than this by a burst is cut back to it when the log starts over.
 const WAL_SIZE_LIMIT: i64 = 64 << 20;
 
@@ -129,7 +134,7 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)?;
         conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         let mut store = Self {
             conn,
