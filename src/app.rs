@@ -130,6 +130,7 @@ impl App {
             seats: state.limits.connections.clone(),
             trusted: state.trusted_proxies.clone(),
             header_timeout: state.limits.options.header_timeout,
+            send_timeout: state.limits.options.send_timeout,
             limits: state.limits.clone(),
         };
         if let Some(metrics) = metrics_listener {

@@ -2,7 +2,9 @@
 //! connection (in all and per client address, refused with a 503 before any byte is read), a
 //! deadline for request headers (hyper's, which also ends idle keep-alive connections and slow
 //! WebSocket handshakes), and a JSON `{"detail"}` body on the answers hyper writes by itself
-//! when a request cannot be parsed (400, 414, 431).
+//! when a request cannot be parsed (400, 414, 431); and a deadline for each write, so a
+//! client that stops reading (an SSE stream, a slow download) is closed, not held forever on
+//! a full kernel buffer.
 
 use std::{
     io,
@@ -35,6 +37,7 @@ pub struct Gate {
     pub seats: Arc<Occupancy>,
     pub trusted: TrustedProxies,
     pub header_timeout: Duration,
+    pub send_timeout: Duration,
     /// Where refusals are counted and logged.
     pub limits: Arc<Limits>,
 }
@@ -83,15 +86,17 @@ pub async fn serve(
             }
         };
         let router = router.clone();
+        let state = Arc::new(State::default());
+        let deadline = SendDeadline(state.clone());
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(deadline.clone());
             router.clone().call(req)
         });
-        let asking = Arc::new(AtomicBool::new(false));
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(gate.header_timeout)
-            .serve_connection(TokioIo::new(Connection::new(stream, seat, asking.clone())), service)
+            .serve_connection(TokioIo::new(Connection::new(stream, seat, state.clone(), gate.send_timeout)), service)
             .with_upgrades();
         let limits = gate.limits.clone();
         let mut finishing = finishing.clone();
@@ -109,9 +114,12 @@ pub async fn serve(
             // had begun a request it did not finish is.
             if let Err(e) = served
                 && e.is_timeout()
-                && asking.load(Ordering::Relaxed)
+                && state.asking.load(Ordering::Relaxed)
             {
                 limits.refused(Limit::HeaderTimeout, client);
+            }
+            if state.stalled.load(Ordering::Relaxed) {
+                limits.refused(Limit::SendTimeout, client);
             }
             drop(finishing);
         });
@@ -162,21 +170,64 @@ fn refuse(mut stream: TcpStream, polite: &Arc<Semaphore>) {
 struct Connection {
     stream: TcpStream,
     _seat: Seat,
-    /// Whether bytes came in since the last answer went out (a request has begun).
-    asking: Arc<AtomicBool>,
+    state: Arc<State>,
     /// A rewritten answer still to be sent, and how much of it went.
     rewritten: Option<(Vec<u8>, usize)>,
+    send_timeout: Duration,
+    /// Running while a write waits for the client to read.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// What a connection's task, its IO and its handlers share.
+#[derive(Default)]
+struct State {
+    /// Whether bytes came in since the last answer went out (a request has begun).
+    asking: AtomicBool,
+    /// Set when a WebSocket takes the connection over: its own send deadline (with the close
+    /// reason it records) replaces this one.
+    handed_over: AtomicBool,
+    /// Set when a write waited past the deadline and the connection was closed for it.
+    stalled: AtomicBool,
+}
+
+/// A request's handle on its connection's send deadline (a request extension).
+#[derive(Clone)]
+pub struct SendDeadline(Arc<State>);
+
+impl SendDeadline {
+    /// For a handler that takes the connection over and bounds its writes itself.
+    pub fn hand_over(&self) {
+        self.0.handed_over.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Connection {
-    fn new(stream: TcpStream, seat: Seat, asking: Arc<AtomicBool>) -> Self {
-        Self { stream, _seat: seat, asking, rewritten: None }
+    fn new(stream: TcpStream, seat: Seat, state: Arc<State>, send_timeout: Duration) -> Self {
+        Self { stream, _seat: seat, state, rewritten: None, send_timeout, stall: None }
+    }
+
+    /// A write that waits runs the deadline; one that does not wait, or ends, stops it.
+    fn bounded<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if poll.is_ready() || self.state.handed_over.load(Ordering::Relaxed) {
+            self.stall = None;
+            return poll;
+        }
+        let timeout = self.send_timeout;
+        let stall = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stall.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.stall = None;
+        self.state.stalled.store(true, Ordering::Relaxed);
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the client did not read for --send-timeout")))
     }
 
     /// Sends what is left of a rewritten answer.
     fn poll_rewritten(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some((bytes, sent)) = &mut self.rewritten {
-            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &bytes[*sent..]))?;
+            let poll = Pin::new(&mut self.stream).poll_write(cx, &bytes[*sent..]);
+            let n = ready!(self.bounded(cx, poll))?;
+            let Some((bytes, sent)) = &mut self.rewritten else { break };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -194,7 +245,7 @@ impl AsyncRead for Connection {
         let before = buf.filled().len();
         let read = Pin::new(&mut self.stream).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.asking.store(true, Ordering::Relaxed);
+            self.state.asking.store(true, Ordering::Relaxed);
         }
         read
     }
@@ -203,14 +254,15 @@ impl AsyncRead for Connection {
 impl AsyncWrite for Connection {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         ready!(self.poll_rewritten(cx))?;
-        self.asking.store(false, Ordering::Relaxed);
+        self.state.asking.store(false, Ordering::Relaxed);
         if let Some(answer) = with_detail(buf) {
             self.rewritten = Some((answer, 0));
             // Taken whole: the rest goes out on the next write, flush or shutdown.
             let _ = self.poll_rewritten(cx)?;
             return Poll::Ready(Ok(buf.len()));
         }
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let poll = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.bounded(cx, poll)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -59,10 +59,11 @@ pub struct Options {
     #[arg(long, env = "DRAW64_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub body_timeout: Duration,
 
-    /// Longest a write to a WebSocket may wait for the client to read; the socket is closed
-    /// beyond, so a client that never reads holds no task and no buffer for long.
-    #[arg(long, env = "DRAW64_WS_SEND_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub ws_send_timeout: Duration,
+    /// Longest a write to a client may wait for it to read — an HTTP answer, an SSE event, a
+    /// WebSocket message — before the connection is closed, so a client that never reads holds
+    /// no task and no buffer for long.
+    #[arg(long, alias = "ws-send-timeout", env = "DRAW64_SEND_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub send_timeout: Duration,
 
     /// Commands per second one WebSocket may send; beyond, each gets an error event, and a
     /// socket that keeps going over is closed with 1008.
@@ -215,7 +216,7 @@ impl Limit {
             Limit::StreamsPerClient => "SSE stream refused: the client has --max-streams-per-client open",
             Limit::HeaderTimeout => "connection closed: no complete request headers within --header-timeout",
             Limit::BodyTimeout => "request refused: its body did not arrive within --body-timeout",
-            Limit::SendTimeout => "WebSocket closed: the client did not read for --ws-send-timeout",
+            Limit::SendTimeout => "connection closed: the client did not read for --send-timeout",
             Limit::SilentClient => "WebSocket closed: the client answered no ping for two --ws-ping-interval",
             Limit::Commands => "command refused: over the command rate",
             Limit::Pixels => "command refused: over the pixel rate",

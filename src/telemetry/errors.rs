@@ -5,7 +5,15 @@
 //! bounded `error.type`. (HTTP answers are counted by the HTTP metrics, which carry
 //! `error.type` for 5xx; panics by the panic hook, which adds `exception.stacktrace`.)
 
-use std::{borrow::Cow, error::Error};
+use std::{
+    borrow::Cow,
+    error::Error,
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
 
 use opentelemetry::{
     Context, KeyValue,
@@ -111,24 +119,61 @@ pub const ALL: &[&Failure] = &[
     &UNREADABLE_CHANGE,
 ];
 
-/// Records `error` once: on `cx`'s span (status, `error.type`, an `exception` event), as one
-/// log record carrying that span's trace, and in `draw64.errors`.
+/// Records `error` once: on `cx`'s span (status, `error.type`, an `exception` event), in
+/// `draw64.errors`, and as one log record carrying that span's trace — at most one a second
+/// per kind, so a flood (a client sending garbage, a disk that stays full) cannot flood the
+/// log; the next line says how many it stands for.
 pub fn record<E: Error + 'static>(cx: &Context, failure: &Failure, error: &E) {
     let message = chain(error);
     mark(cx, failure.error_type, std::any::type_name::<E>(), &message, None);
     count(failure.source, failure.error_type);
+    let Some(also) = LOG_THROTTLE.admit(failure) else { return };
     let _attached = cx.clone().attach();
     let (source, error_type, what) = (failure.source.as_str(), failure.error_type, failure.what);
     match failure.severity {
-        Severity::Error => {
-            tracing::error!(draw64.error.source = source, error.type = error_type, exception.message = %message, "{what}")
+        Severity::Error => tracing::error!(
+            draw64.error.source = source, error.type = error_type, exception.message = %message,
+            suppressed_since_last_line = also, "{what}"
+        ),
+        Severity::Warn => tracing::warn!(
+            draw64.error.source = source, error.type = error_type, exception.message = %message,
+            suppressed_since_last_line = also, "{what}"
+        ),
+        Severity::Info => tracing::info!(
+            draw64.error.source = source, error.type = error_type, exception.message = %message,
+            suppressed_since_last_line = also, "{what}"
+        ),
+    }
+}
+
+/// Per kind of failure: the second (since start) of its last log line, and the records left
+/// out since.
+struct LogThrottle {
+    last: [AtomicU64; ALL.len()],
+    unlogged: [AtomicU64; ALL.len()],
+}
+
+static LOG_THROTTLE: LogThrottle =
+    LogThrottle { last: [const { AtomicU64::new(0) }; ALL.len()], unlogged: [const { AtomicU64::new(0) }; ALL.len()] };
+
+impl LogThrottle {
+    /// `Some(records left out since the last line)` when this one may be logged.
+    fn admit(&self, failure: &Failure) -> Option<u64> {
+        static START: OnceLock<Instant> = OnceLock::new();
+        // Offset by one so that the first record, in second 0, is logged.
+        self.admit_at(failure, START.get_or_init(Instant::now).elapsed().as_secs() + 1)
+    }
+
+    fn admit_at(&self, failure: &Failure, now: u64) -> Option<u64> {
+        let Some(k) = ALL.iter().position(|f| f.source == failure.source && f.error_type == failure.error_type) else {
+            return Some(0);
+        };
+        let last = self.last[k].load(Ordering::Relaxed);
+        if now <= last || self.last[k].compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            self.unlogged[k].fetch_add(1, Ordering::Relaxed);
+            return None;
         }
-        Severity::Warn => {
-            tracing::warn!(draw64.error.source = source, error.type = error_type, exception.message = %message, "{what}")
-        }
-        Severity::Info => {
-            tracing::info!(draw64.error.source = source, error.type = error_type, exception.message = %message, "{what}")
-        }
+        Some(self.unlogged[k].swap(0, Ordering::Relaxed))
     }
 }
 
@@ -188,6 +233,17 @@ mod tests {
             assert!(guide.contains(&row), "docs/observability.md lacks the row {row}");
             assert!(guide.contains(f.what), "docs/observability.md does not quote {:?}", f.what);
         }
+    }
+
+    #[test]
+    fn a_flood_of_one_kind_is_one_line_a_second_and_other_kinds_are_not_held_back() {
+        let throttle =
+            LogThrottle { last: [const { AtomicU64::new(0) }; ALL.len()], unlogged: [const { AtomicU64::new(0) }; ALL.len()] };
+        let logged = (0..1000).filter(|_| throttle.admit_at(&INVALID_COMMAND, 7).is_some()).count();
+        assert_eq!(logged, 1);
+        assert_eq!(throttle.admit_at(&COMMIT_FAILED, 7), Some(0));
+        assert_eq!(throttle.admit_at(&INVALID_COMMAND, 8), Some(999), "the next second's line counts the rest");
+        assert_eq!(throttle.admit_at(&INVALID_COMMAND, 8), None);
     }
 
     #[test]

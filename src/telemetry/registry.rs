@@ -70,7 +70,7 @@ pub const METRICS: &[MetricDef] = &[
         instrument: Counter,
         unit: "{connection}",
         attributes: &["draw64.close.reason"],
-        description: "WebSocket connections ended, by reason: client, lagged, deleted, shutdown, too_big, silent, stalled (did not read for --ws-send-timeout), protocol (1002, 1007), policy (1008, over its rates), error, panic.",
+        description: "WebSocket connections ended, by reason: client, lagged, deleted, shutdown, too_big, silent, stalled (did not read for --send-timeout), protocol (1002, 1007), policy (1008, over its rates), error, panic.",
     },
     MetricDef {
         name: "draw64.ws.messages",

@@ -188,9 +188,45 @@ async fn a_command_flood_is_refused_then_closed_1008_while_another_client_draws_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_invalid_frames_is_throttled_closed_1008_and_logged_a_line_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&test_db(&dir), "127.0.0.1:0", &[]);
+    let ws = ws_connect_from("127.0.0.7", server.addr, "/ws/images/junk", &[]).await.unwrap();
+    let (mut tx, mut rx) = ws.split();
+    let started = Instant::now();
+    let flood = tokio::spawn(async move {
+        for i in 0..3000 {
+            if tx.send(Message::text(format!("not a command {i}"))).await.is_err() {
+                break;
+            }
+        }
+    });
+    let (mut refused, mut code) = (0, None);
+    while let Ok(Some(msg)) = tokio::time::timeout(WAIT, rx.next()).await {
+        match msg {
+            Ok(Message::Text(t)) if t.contains("\"error\"") => refused += 1,
+            Ok(Message::Close(frame)) => {
+                code = frame.map(|f| u16::from(f.code));
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let took = started.elapsed();
+    flood.abort();
+    assert_eq!(code, Some(1008), "after {refused} refusals");
+    let lines = server.logs.lock().unwrap().iter().filter(|l| l.contains("invalid command refused")).count();
+    // One line in the first second, and one a second after (each saying how many it stands for).
+    let bound = 1 + took.as_secs() as usize + 1;
+    assert!(lines <= bound, "{lines} log lines for {refused} refusals in {took:?}");
+    println!("figures: {refused} invalid frames refused, closed 1008 after {took:.2?}, {lines} log lines");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_never_reads_is_closed_within_the_send_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let flags = [&["--ws-send-timeout", "1s"], ONE_ADDRESS_LOAD].concat();
+    let flags = [&["--send-timeout", "1s"], ONE_ADDRESS_LOAD].concat();
     let server = Server::start(&test_db(&dir), "127.0.0.1:0", &flags);
     // A raw handshake with a tiny receive buffer, and then not one read.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -223,6 +259,33 @@ async fn a_subscriber_that_never_reads_is_closed_within_the_send_timeout() {
     assert_eq!(server.until_sample(series, 1.0).await, 1.0, "the silent socket was never closed");
     assert!(sample(&server.scrape().await, "draw64_limits_refused_total{draw64_limit=\"send_timeout\"") >= 1.0);
     println!("figures: a never-reading subscriber closed {closed_after:.2?} after it stopped reading ({sent} changes of 4,000 pixels)");
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_that_is_never_read_is_closed_within_the_send_timeout() {
+    // The same deadline bounds every write on a connection (an SSE stream's too): here, 400
+    // pipelined reads of an image's data (about 20 MB of answers) on a socket that never reads.
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [&["--send-timeout", "1s"], ONE_ADDRESS_LOAD].concat();
+    let server = Server::start(&test_db(&dir), "127.0.0.1:0", &flags);
+    // No idle connection kept: the open-connection gauge is then the silent one's alone.
+    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    assert_eq!(http.post(server.url("/images/big")).send().await.unwrap().status(), 201);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut silent = socket.connect(server.addr).await.unwrap();
+    let requests = b"GET /images/big/data HTTP/1.1\r\nHost: x\r\n\r\n".repeat(400);
+    silent.write_all(&requests).await.unwrap();
+    let started = Instant::now();
+    let series = "draw64_limits_refused_total{draw64_limit=\"send_timeout\"";
+    assert_eq!(server.until_sample(series, 1.0).await, 1.0, "the never-read download was never closed");
+    let closed_after = started.elapsed();
+    let open = server.until_sample_below("draw64_http_connections", 0.0).await;
+    assert_eq!(open, 0.0, "the connection is still open");
+    // Others are served meanwhile and after.
+    assert_eq!(http.get(server.url("/images/big/data")).send().await.unwrap().status(), 200);
+    println!("figures: a never-read download closed {closed_after:.2?} after its requests were sent");
     drop(silent);
 }
 

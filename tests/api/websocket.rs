@@ -153,7 +153,7 @@ async fn a_message_over_1_mib_is_closed_1009() {
 async fn a_subscriber_that_falls_far_behind_is_closed_1013() {
     // A reader that catches up late, not one that never reads (`public::` has that one): the
     // writes may wait for it longer than the test's writers take.
-    let app = spawn_app_with(&[ONE_ADDRESS_LOAD, &["--ws-send-timeout", "120s"]].concat()).await;
+    let app = spawn_app_with(&[ONE_ADDRESS_LOAD, &["--send-timeout", "120s"]].concat()).await;
     // Connect and then read nothing while a lot is drawn.
     let mut slow = ws_connect(&app.ws_url("busy")).await;
     // Big events fill the socket buffers quickly; then the 1,024-event backlog overflows.

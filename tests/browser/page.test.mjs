@@ -32,9 +32,9 @@ async function waitPrometheus(queries) {
   }
 }
 
-function startServer(listen) {
-  const proc = spawn(BIN, ['--listen', listen, '--metrics-listen', '127.0.0.1:0', '--database', `sqlite://${db}`, '--drain-grace', '0'], {
-    env: { ...process.env, DRAW64_LOG_FORMAT: 'json' },
+function startServer(listen, { database = db, args = [], env = {} } = {}) {
+  const proc = spawn(BIN, ['--listen', listen, '--metrics-listen', '127.0.0.1:0', '--database', `sqlite://${database}`, '--drain-grace', '0', ...args], {
+    env: { ...process.env, DRAW64_LOG_FORMAT: 'json', ...env },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   return new Promise((resolve, reject) => {
@@ -230,6 +230,43 @@ try {
 
   await a.screenshot({ path: join(OUT, 'page.png') });
   step(`screenshot saved to ${join(OUT, 'page.png')}`);
+
+  step('with an admin token set, a page without it has no Clear; one given /#admin=TOKEN has, and keeps it out of the address bar');
+  {
+    const token = 'browser-test-admin-token-0123';
+    const guarded = await startServer('127.0.0.1:0', {
+      database: join(work, 'guarded.db'),
+      // One command a second (a burst of two): a few quick strokes are refused.
+      args: ['--ws-command-rate', '1'],
+      env: { DRAW64_ADMIN_TOKEN: token },
+    });
+    const url = `http://${guarded.addr}`;
+    try {
+      const visitor = await browser.newPage();
+      await visitor.goto(url);
+      await ready(visitor);
+      assert.ok(await visitor.isHidden('#clear'), 'Clear is shown to a visitor without the token');
+      const admin = await browser.newPage();
+      await admin.goto(`${url}/#admin=${token}`);
+      await ready(admin);
+      assert.ok(await admin.isVisible('#clear'), 'Clear is hidden from the admin');
+      assert.ok(!admin.url().includes(token), `the token stayed in the address bar: ${admin.url()}`);
+
+      step('strokes faster than the server allows are shown as refused, and the page shows the image as stored');
+      for (let i = 0; i < 6; i++) await stroke(visitor, 4, [[i, 60], [i, 61], [i, 62]]);
+      await visitor.waitForFunction(() => document.getElementById('status').textContent.startsWith('Refused:'), null, { timeout: 10000 });
+      step(`  the page says: ${await visitor.textContent('#status')}`);
+      await admin.click('#clear');
+      await visitor.waitForFunction(async () => {
+        const d = await (await fetch('/images/default/data')).json();
+        return d.flat().every((p) => p.join() === '255,255,255');
+      }, null, { timeout: 10000, polling: 200 });
+      await visitor.close();
+      await admin.close();
+    } finally {
+      await stopServer(guarded);
+    }
+  }
 
   step('/docs works with no network: every request stays on the server');
   const offline = await browser.newContext({ viewport: { width: 1100, height: 900 } });

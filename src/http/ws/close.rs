@@ -26,7 +26,7 @@ pub enum Ended {
     Shutdown,
     TooBig,
     Silent,
-    /// The client did not read what was sent to it for `--ws-send-timeout`.
+    /// The client did not read what was sent to it for `--send-timeout`.
     Stalled,
     /// It broke the protocol (1002) or sent text that is not UTF-8 (1007).
     Protocol,

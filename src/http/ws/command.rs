@@ -145,7 +145,16 @@ pub async fn handle(
         Ok((command, _)) => command,
         Err(e) => {
             count_in("invalid");
-            // The client's mistake, at information level: one record per refused frame.
+            // Garbage costs a command of the socket's rate like anything else, so a flood of
+            // it is throttled and then closed with 1008 as any other.
+            if let Err((limit, retry_after)) = allowance.take(0.0) {
+                app.limits.refused(limit, Some(origin.caller.client));
+                let e = ApiError::Throttled { what: limit.noun(), retry_after };
+                count_rejection(&e);
+                cx.span().end();
+                return Err(Refusal { detail: e.detail(), throttled: true });
+            }
+            // The client's mistake, at information level (at most a line a second).
             errors::record(&cx, &errors::INVALID_COMMAND, &e);
             let e = ApiError::from(e);
             count_rejection(&e);

@@ -70,6 +70,7 @@ pub async fn upgrade(
     caller: Result<Caller, ApiError>,
     path: Result<Path<String>, PathRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    deadline: Option<axum::Extension<crate::http::serve::SendDeadline>>,
 ) -> Response {
     let id = match path.map_err(ApiError::from).and_then(|Path(raw)| Ok(ImageId::parse(&raw)?)) {
         Ok(id) => id,
@@ -87,7 +88,16 @@ pub async fn upgrade(
         }
     };
     match admit(&app, caller, &id).await {
-        Ok((caller, seat, created)) => ws
+        Ok((caller, seat, created)) => {
+            // The socket's `Sink` bounds every write from here, and says why it closed.
+            if let Some(axum::Extension(deadline)) = deadline {
+                deadline.hand_over();
+            }
+            // Subscribed before the 101 goes out: every change committed once the client
+            // sees its socket open reaches it (its task may start later than the client's
+            // next request).
+            let events = app.service.subscribe(&id);
+            ws
             .max_message_size(MAX_MESSAGE)
             .max_frame_size(MAX_MESSAGE)
             // Frames here are small (a command is tens of bytes): a 1 KiB read buffer instead
@@ -100,9 +110,10 @@ pub async fn upgrade(
             // than also in the long-lived task's state.
             .on_upgrade(move |socket| {
                 let (sink, stream) = socket.split();
-                let sink = Sink { inner: sink, timeout: app.limits.options.ws_send_timeout };
-                session(sink, stream, id, created, app, caller, seat)
-            }),
+                let sink = Sink { inner: sink, timeout: app.limits.options.send_timeout };
+                session(sink, stream, events, id, created, app, caller, seat)
+            })
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -126,7 +137,7 @@ async fn admit(
     Ok((caller, seat, created))
 }
 
-/// The socket's sending half. Every write waits at most `--ws-send-timeout` for the client to
+/// The socket's sending half. Every write waits at most `--send-timeout` for the client to
 /// read (then the socket is given up as stalled): a full kernel buffer never holds the task.
 pub struct Sink {
     inner: SplitSink<WebSocket, Message>,
@@ -185,9 +196,11 @@ fn count_in(kind: &'static str) {
         .add(1, &[KeyValue::new("draw64.direction", "in"), KeyValue::new("draw64.message.type", kind)]);
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn session(
     sink: Sink,
     stream: SplitStream<WebSocket>,
+    events: Option<broadcast::Receiver<Outgoing>>,
     id: ImageId,
     created: bool,
     app: AppState,
@@ -209,7 +222,7 @@ async fn session(
     let _presence = app.service.join(&id, created);
     let origin = Origin { image: &id, session_id: &session_id, connect: &connect_cx, caller: &caller };
     // A panic ends this socket only (its presence guard still leaves); the others go on.
-    let ended = AssertUnwindSafe(run(sink, stream, &origin, &app)).catch_unwind().await.unwrap_or(Ended::Panic);
+    let ended = AssertUnwindSafe(run(sink, stream, events, &origin, &app)).catch_unwind().await.unwrap_or(Ended::Panic);
     let limit = match ended {
         Ended::Stalled => Some(Limit::SendTimeout),
         Ended::Silent => Some(Limit::SilentClient),
@@ -231,8 +244,14 @@ async fn session(
 }
 
 /// The socket's loop: shutdown first, then events out, command outcomes, frames in, pings.
-async fn run(mut sink: Sink, mut stream: SplitStream<WebSocket>, origin: &Origin<'_>, app: &AppState) -> Ended {
-    let ended = exchange(&mut sink, &mut stream, origin, app).await;
+async fn run(
+    mut sink: Sink,
+    mut stream: SplitStream<WebSocket>,
+    events: Option<broadcast::Receiver<Outgoing>>,
+    origin: &Origin<'_>,
+    app: &AppState,
+) -> Ended {
+    let ended = exchange(&mut sink, &mut stream, events, origin, app).await;
     if ended.sent_close() {
         linger(&mut stream).await;
     }
@@ -259,12 +278,13 @@ const LINGER: Duration = Duration::from_secs(1);
 async fn exchange(
     sink: &mut Sink,
     stream: &mut SplitStream<WebSocket>,
+    events: Option<broadcast::Receiver<Outgoing>>,
     origin: &Origin<'_>,
     app: &AppState,
 ) -> Ended {
     let id = origin.image;
-    let Some(mut events) = app.service.subscribe(id) else {
-        // Deleted between the handshake and now.
+    let Some(mut events) = events else {
+        // Deleted between the handshake's check and its subscription.
         return close(sink, CLOSE_IMAGE_DELETED, "Image deleted.", Ended::Deleted).await;
     };
     let closing = app.lifecycle.closing();

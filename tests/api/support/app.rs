@@ -349,10 +349,19 @@ impl Server {
 
     /// Polls the scrape until `series` reaches `at_least` (bounded by `WAIT`); its last value.
     pub async fn until_sample(&self, series: &str, at_least: f64) -> f64 {
+        self.until_sample_is(series, |v| v >= at_least).await
+    }
+
+    /// Polls the scrape until `series` falls to `at_most` (bounded by `WAIT`); its last value.
+    pub async fn until_sample_below(&self, series: &str, at_most: f64) -> f64 {
+        self.until_sample_is(series, |v| v <= at_most).await
+    }
+
+    async fn until_sample_is(&self, series: &str, done: impl Fn(f64) -> bool) -> f64 {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
             let value = sample(&self.scrape().await, series);
-            if value >= at_least || std::time::Instant::now() > deadline {
+            if done(value) || std::time::Instant::now() > deadline {
                 return value;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
