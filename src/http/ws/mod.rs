@@ -45,7 +45,7 @@ use self::{
 use super::{AppState, caller::Caller, error::ApiError};
 use crate::{
     domain::{ImageId, event},
-    limits::{Limit, Seat},
+    limits::{Limit, Seat, within},
     service::{Outgoing, RESYNC},
     telemetry::metrics,
 };
@@ -147,14 +147,14 @@ pub struct Sink {
 impl Sink {
     async fn within(&mut self, op: Op) -> Result<(), Ended> {
         let done = match op {
-            Op::Send(m) => tokio::time::timeout(self.timeout, self.inner.send(m)).await,
-            Op::Feed(m) => tokio::time::timeout(self.timeout, self.inner.feed(m)).await,
-            Op::Flush => tokio::time::timeout(self.timeout, self.inner.flush()).await,
+            Op::Send(m) => within(self.timeout, self.inner.send(m)).await,
+            Op::Feed(m) => within(self.timeout, self.inner.feed(m)).await,
+            Op::Flush => within(self.timeout, self.inner.flush()).await,
         };
         match done {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Ended::Error),
-            Err(_) => Err(Ended::Stalled),
+            Some(Ok(())) => Ok(()),
+            Some(Err(_)) => Err(Ended::Error),
+            None => Err(Ended::Stalled),
         }
     }
 
