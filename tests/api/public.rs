@@ -29,6 +29,21 @@ async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (Vec<u8>
     }
 }
 
+/// Reads a flooding socket until the server closes it: the `error` events it got, and the
+/// close code.
+async fn refusals_until_closed(rx: &mut (impl futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin)) -> (usize, Option<u16>) {
+    let mut refused = 0;
+    while let Ok(Some(msg)) = tokio::time::timeout(WAIT, rx.next()).await {
+        match msg {
+            Ok(Message::Text(t)) if t.contains("\"error\"") => refused += 1,
+            Ok(Message::Close(frame)) => return (refused, frame.map(|f| u16::from(f.code))),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    (refused, None)
+}
+
 fn detail_of(answer: &[u8]) -> Value {
     let text = String::from_utf8_lossy(answer);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
@@ -145,19 +160,7 @@ async fn a_command_flood_is_refused_then_closed_1008_while_another_client_draws_
         }
     });
     let flood_seen = tokio::spawn(async move {
-        let (mut refused, mut code) = (0, None);
-        while let Ok(Some(msg)) = tokio::time::timeout(WAIT, flood_rx.next()).await {
-            match msg {
-                Ok(Message::Text(t)) if t.contains("\"error\"") => refused += 1,
-                Ok(Message::Close(frame)) => {
-                    code = frame.map(|f| u16::from(f.code));
-                    break;
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        (refused, code)
+        refusals_until_closed(&mut flood_rx).await
     });
     // Meanwhile, another client on the same image draws 20 strokes, 20 ms apart.
     let mut latencies = Vec::new();
@@ -201,18 +204,7 @@ async fn a_flood_of_invalid_frames_is_throttled_closed_1008_and_logged_a_line_a_
             }
         }
     });
-    let (mut refused, mut code) = (0, None);
-    while let Ok(Some(msg)) = tokio::time::timeout(WAIT, rx.next()).await {
-        match msg {
-            Ok(Message::Text(t)) if t.contains("\"error\"") => refused += 1,
-            Ok(Message::Close(frame)) => {
-                code = frame.map(|f| u16::from(f.code));
-                break;
-            }
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
+    let (refused, code) = refusals_until_closed(&mut rx).await;
     let took = started.elapsed();
     flood.abort();
     assert_eq!(code, Some(1008), "after {refused} refusals");

@@ -17,6 +17,27 @@ use serde_json::Value;
 
 use crate::support::*;
 
+/// `db` with `n` images created, its server then ended by `signal`.
+async fn with_images(db: &str, n: usize, signal: nix::sys::signal::Signal) {
+    let server = Server::start(db, "127.0.0.1:0", &["--drain-grace", "0", "--max-images", &n.to_string()]);
+    let http = reqwest::Client::new();
+    for i in 0..n {
+        assert_eq!(http.post(server.url(&format!("/images/i{i}"))).send().await.unwrap().status(), 201);
+    }
+    server.signal(signal);
+    server.wait();
+}
+
+/// Starts Draw64 on `db`, which must refuse to start: what it logged.
+fn refused_start(db: &str, served: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_draw64"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--database", db])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{served}");
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
 fn sqlite_only(what: &str) -> bool {
     let postgres = std::env::var("DRAW64_TEST_BACKEND").as_deref() == Ok("postgres");
     if postgres {
@@ -53,25 +74,14 @@ async fn a_damaged_database_file_is_refused_at_start_with_the_reason() {
     }
     let dir = tempfile::tempdir().unwrap();
     let db = test_db(&dir);
-    let server = Server::start(&db, "127.0.0.1:0", &["--drain-grace", "0"]);
-    let http = reqwest::Client::new();
-    for i in 0..5 {
-        assert_eq!(http.post(server.url(&format!("/images/i{i}"))).send().await.unwrap().status(), 201);
-    }
-    server.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(server.wait(), Some(0));
+    with_images(&db, 5, nix::sys::signal::Signal::SIGTERM).await;
     // 64 bytes of garbage over the head of the second page (a table's b-tree page).
     let file = db.strip_prefix("sqlite://").unwrap();
     let mut bytes = std::fs::read(file).unwrap();
     let page = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
     bytes[page..page + 64].fill(0xA5);
     std::fs::write(file, bytes).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_draw64"))
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--database", &db])
-        .output()
-        .unwrap();
-    let logs = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a damaged database was served");
+    let logs = refused_start(&db, "a damaged database was served");
     assert!(logs.contains("damaged") || logs.contains("malformed"), "{logs}");
 }
 
@@ -82,13 +92,7 @@ async fn a_write_ahead_log_damaged_after_a_kill_is_refused_at_start_not_half_rep
     }
     let dir = tempfile::tempdir().unwrap();
     let db = test_db(&dir);
-    let server = Server::start(&db, "127.0.0.1:0", &["--max-images", "20"]);
-    let http = reqwest::Client::new();
-    for i in 0..20 {
-        assert_eq!(http.post(server.url(&format!("/images/i{i}"))).send().await.unwrap().status(), 201);
-    }
-    server.signal(nix::sys::signal::Signal::SIGKILL);
-    server.wait();
+    with_images(&db, 20, nix::sys::signal::Signal::SIGKILL).await;
     let log = format!("{}-wal", db.strip_prefix("sqlite://").unwrap());
     let mut bytes = std::fs::read(&log).unwrap();
     // The header, then frames of a 24-byte header and a page each: at least two, so there is a
@@ -98,12 +102,7 @@ async fn a_write_ahead_log_damaged_after_a_kill_is_refused_at_start_not_half_rep
     // 64 bytes of garbage in the first frame's page, as a bad sector or a stray write would leave.
     bytes[32 + 24 + 100..32 + 24 + 164].fill(0x5A);
     std::fs::write(&log, bytes).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_draw64"))
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--database", &db])
-        .output()
-        .unwrap();
-    let logs = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a damaged log was half replayed and served");
+    let logs = refused_start(&db, "a damaged log was half replayed and served");
     assert!(logs.contains("-wal is damaged") && logs.contains("move"), "{logs}");
     println!("refused at start: {}", logs.lines().find(|l| l.contains("damaged")).unwrap_or_default());
 }
