@@ -58,6 +58,17 @@ pub async fn serve(
     // count of connections still open.
     let (finish, finishing) = watch::channel(false);
     let polite = Arc::new(Semaphore::new(POLITE_REFUSALS));
+    // Every request sets a header deadline (--header-timeout, 20 s out). When that is the
+    // runtime's earliest timer, setting it wakes a parked worker to re-arm its poll: a syscall
+    // and a wake-up a request (strace, 5,000 PUTs: 2,700 more futex calls and 2,700 more
+    // writes than without deadlines). A timer that is always due within a second keeps every
+    // deadline later than the earliest, at one wake-up a second.
+    let keep_armed = tokio::spawn(async {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+        }
+    });
     let mut accept_failed_logged: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
@@ -125,6 +136,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    keep_armed.abort();
     drop(finishing);
     finish.send_replace(true);
     finish.closed().await;
