@@ -68,7 +68,8 @@ impl App {
             |t| t.instance_id.clone(),
         );
         let store = store::open(&config.database, &instance_id, config.database_check)?;
-        let limits = crate::service::Limits { max_images: config.max_images, max_total_images: config.max_total_images };
+        let limits =
+            crate::service::Limits { max_images: config.max_images, max_total_images: config.max_total_images };
         let service = Service::start(store, limits).await?;
         let bus = bus::start(&config.database, &instance_id, service.take_replica()).await;
         let listener = TcpListener::bind(config.listen).await.map_err(|e| StartupError::Bind(config.listen, e))?;
@@ -90,9 +91,11 @@ impl App {
             admin_token: config.admin_token.clone(),
         });
         let limits = state.limits.clone();
-        crate::telemetry::metrics::registry_gauge(&opentelemetry::global::meter("draw64"), "draw64.http.connections", move || {
-            limits.connections.total() as u64
-        });
+        crate::telemetry::metrics::registry_gauge(
+            &opentelemetry::global::meter("draw64"),
+            "draw64.http.connections",
+            move || limits.connections.total() as u64,
+        );
         if !state.admin_token.is_set() {
             tracing::warn!(
                 "no admin token (DRAW64_ADMIN_TOKEN): the canvas is open, anyone may delete images and clear canvases"

@@ -126,7 +126,8 @@ pub fn router() -> axum::Router<AppState> {
     let docs: axum::Router<AppState> =
         axum::Router::<AppState>::from(ui).route("/openapi.json", axum::routing::get(serve_document));
     docs.layer(axum::middleware::map_response(|mut res: axum::response::Response| async move {
-        let html = res.headers().get(axum::http::header::CONTENT_TYPE).is_some_and(|t| t.as_bytes().starts_with(b"text/html"));
+        let html =
+            res.headers().get(axum::http::header::CONTENT_TYPE).is_some_and(|t| t.as_bytes().starts_with(b"text/html"));
         if html {
             super::middleware::html_headers(&mut res, super::middleware::DOCS_POLICY);
         }

@@ -5,12 +5,7 @@ use std::net::SocketAddr;
 use axum::{
     body::Bytes,
     extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request},
-    http::{
-        HeaderMap, StatusCode,
-        HeaderName,
-        header::CONTENT_TYPE,
-        request::Parts,
-    },
+    http::{HeaderMap, HeaderName, StatusCode, header::CONTENT_TYPE, request::Parts},
 };
 
 use super::{AppState, error::ApiError, serve::peer_ip};

@@ -212,7 +212,8 @@ fn span_attributes(
 /// `url.query` with the values of parameters that may carry credentials replaced by
 /// `REDACTED`, as the semantic conventions ask (`?token=…` must not reach a trace backend).
 pub fn redact_query(query: &str) -> String {
-    const SENSITIVE: [&str; 10] = ["token", "key", "secret", "pass", "pwd", "sig", "auth", "credential", "session", "code"];
+    const SENSITIVE: [&str; 10] =
+        ["token", "key", "secret", "pass", "pwd", "sig", "auth", "credential", "session", "code"];
     query
         .split('&')
         .map(|pair| match pair.split_once('=') {

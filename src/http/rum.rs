@@ -54,7 +54,11 @@ pub async fn report(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn accept(app: &AppState, caller: Result<Caller, ApiError>, body: Result<TimedBody, ApiError>) -> Result<Report, ApiError> {
+fn accept(
+    app: &AppState,
+    caller: Result<Caller, ApiError>,
+    body: Result<TimedBody, ApiError>,
+) -> Result<Report, ApiError> {
     let caller = caller?;
     let TimedBody(body) = body?;
     if body.len() > MAX_REPORT {

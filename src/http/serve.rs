@@ -336,7 +336,10 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{answer}");
         let (head, body) = answer.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("content-length: {}", body.len())), "{answer}");
-        assert_eq!(serde_json::from_str::<serde_json::Value>(body).unwrap()["detail"], "The request's headers are too large.");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(body).unwrap()["detail"],
+            "The request's headers are too large."
+        );
         let routed = b"HTTP/1.1 400 Bad Request\r\ncache-control: no-cache, no-store\r\ncontent-length: 0\r\n\r\n";
         assert!(with_detail(routed).is_none());
         assert!(with_detail(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_none());

@@ -12,10 +12,7 @@ pub mod clients;
 
 use std::{
     net::IpAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -25,7 +22,7 @@ use opentelemetry::KeyValue;
 pub use bucket::{Bucket, Rate};
 pub use clients::{Full, Occupancy, Rates, Seat};
 
-use crate::telemetry::metrics;
+use crate::telemetry::{metrics, throttle::LineThrottle};
 
 /// The public port's limits. Rates are per second, with a burst of two seconds' worth; a
 /// rate of 0 turns that limit off.
@@ -144,7 +141,6 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value * scale).map_err(|_| format!("{raw:?} is not a positive duration"))
 }
 
-
 /// Why something was refused: the `draw64.limit` attribute, bounded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Limit {
@@ -244,12 +240,6 @@ impl Limit {
     }
 }
 
-/// The refusals counted since the last log line, per limit (log lines are throttled).
-struct Throttle {
-    last_logged: AtomicU64,
-    unlogged: AtomicU64,
-}
-
 /// Seconds between two log lines for the same limit.
 const LOG_EVERY: u64 = 10;
 
@@ -265,8 +255,8 @@ pub struct Limits {
     /// Browser reports: per client, and from everyone together.
     reports: Rates<1>,
     all_reports: Mutex<(Rate, Bucket)>,
-    started: Instant,
-    throttles: [Throttle; Limit::ALL.len()],
+    /// Refusal log lines, one throttle per limit.
+    throttles: [LineThrottle; Limit::ALL.len()],
 }
 
 impl Limits {
@@ -288,8 +278,7 @@ impl Limits {
                 Mutex::new((rate, Bucket::full(rate, Instant::now())))
             },
             options,
-            started: Instant::now(),
-            throttles: std::array::from_fn(|_| Throttle { last_logged: AtomicU64::new(0), unlogged: AtomicU64::new(0) }),
+            throttles: std::array::from_fn(|_| LineThrottle::new()),
         }
     }
 
@@ -318,16 +307,7 @@ impl Limits {
     /// few seconds (the next line says how many it stands for).
     pub fn refused(&self, limit: Limit, client: Option<IpAddr>) {
         metrics().limits_refused.add(1, &[KeyValue::new("draw64.limit", limit.as_str())]);
-        let throttle = &self.throttles[limit as usize];
-        let now = self.started.elapsed().as_secs() + LOG_EVERY;
-        let last = throttle.last_logged.load(Ordering::Relaxed);
-        if now < last + LOG_EVERY
-            || throttle.last_logged.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
-        {
-            throttle.unlogged.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let also = throttle.unlogged.swap(0, Ordering::Relaxed);
+        let Some(also) = self.throttles[limit as usize].admit(LOG_EVERY) else { return };
         let client = client.map(|ip| ip.to_string());
         tracing::warn!(
             draw64.limit = limit.as_str(),

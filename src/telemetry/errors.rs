@@ -5,15 +5,7 @@
 //! bounded `error.type`. (HTTP answers are counted by the HTTP metrics, which carry
 //! `error.type` for 5xx; panics by the panic hook, which adds `exception.stacktrace`.)
 
-use std::{
-    borrow::Cow,
-    error::Error,
-    sync::{
-        OnceLock,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Instant,
-};
+use std::{borrow::Cow, error::Error};
 
 use opentelemetry::{
     Context, KeyValue,
@@ -21,7 +13,7 @@ use opentelemetry::{
 };
 use opentelemetry_semantic_conventions::attribute as attr;
 
-use super::metrics;
+use super::{metrics, throttle::LineThrottle};
 
 /// Where a failure was handled: the values of `draw64.error.source`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,7 +119,7 @@ pub fn record<E: Error + 'static>(cx: &Context, failure: &Failure, error: &E) {
     let message = chain(error);
     mark(cx, failure.error_type, std::any::type_name::<E>(), &message, None);
     count(failure.source, failure.error_type);
-    let Some(also) = LOG_THROTTLE.admit(failure) else { return };
+    let Some(also) = may_log(failure) else { return };
     let _attached = cx.clone().attach();
     let (source, error_type, what) = (failure.source.as_str(), failure.error_type, failure.what);
     match failure.severity {
@@ -146,34 +138,14 @@ pub fn record<E: Error + 'static>(cx: &Context, failure: &Failure, error: &E) {
     }
 }
 
-/// Per kind of failure: the second (since start) of its last log line, and the records left
-/// out since.
-struct LogThrottle {
-    last: [AtomicU64; ALL.len()],
-    unlogged: [AtomicU64; ALL.len()],
-}
+/// One line throttle per kind of failure, in the order of [`ALL`].
+static LOG_THROTTLE: [LineThrottle; ALL.len()] = [const { LineThrottle::new() }; ALL.len()];
 
-static LOG_THROTTLE: LogThrottle =
-    LogThrottle { last: [const { AtomicU64::new(0) }; ALL.len()], unlogged: [const { AtomicU64::new(0) }; ALL.len()] };
-
-impl LogThrottle {
-    /// `Some(records left out since the last line)` when this one may be logged.
-    fn admit(&self, failure: &Failure) -> Option<u64> {
-        static START: OnceLock<Instant> = OnceLock::new();
-        // Offset by one so that the first record, in second 0, is logged.
-        self.admit_at(failure, START.get_or_init(Instant::now).elapsed().as_secs() + 1)
-    }
-
-    fn admit_at(&self, failure: &Failure, now: u64) -> Option<u64> {
-        let Some(k) = ALL.iter().position(|f| f.source == failure.source && f.error_type == failure.error_type) else {
-            return Some(0);
-        };
-        let last = self.last[k].load(Ordering::Relaxed);
-        if now <= last || self.last[k].compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
-            self.unlogged[k].fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(self.unlogged[k].swap(0, Ordering::Relaxed))
+/// Whether `failure`'s line may be written now: `Some(records left out since its last line)`.
+fn may_log(failure: &Failure) -> Option<u64> {
+    match ALL.iter().position(|f| f.source == failure.source && f.error_type == failure.error_type) {
+        Some(k) => LOG_THROTTLE[k].admit(1),
+        None => Some(0),
     }
 }
 
@@ -233,17 +205,6 @@ mod tests {
             assert!(guide.contains(&row), "docs/observability.md lacks the row {row}");
             assert!(guide.contains(f.what), "docs/observability.md does not quote {:?}", f.what);
         }
-    }
-
-    #[test]
-    fn a_flood_of_one_kind_is_one_line_a_second_and_other_kinds_are_not_held_back() {
-        let throttle =
-            LogThrottle { last: [const { AtomicU64::new(0) }; ALL.len()], unlogged: [const { AtomicU64::new(0) }; ALL.len()] };
-        let logged = (0..1000).filter(|_| throttle.admit_at(&INVALID_COMMAND, 7).is_some()).count();
-        assert_eq!(logged, 1);
-        assert_eq!(throttle.admit_at(&COMMIT_FAILED, 7), Some(0));
-        assert_eq!(throttle.admit_at(&INVALID_COMMAND, 8), Some(999), "the next second's line counts the rest");
-        assert_eq!(throttle.admit_at(&INVALID_COMMAND, 8), None);
     }
 
     #[test]

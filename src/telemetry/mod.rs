@@ -23,6 +23,7 @@ pub mod registry;
 mod resource;
 pub mod settings;
 pub mod span;
+pub mod throttle;
 
 use std::{io::IsTerminal, net::SocketAddr};
 

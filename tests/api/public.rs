@@ -31,7 +31,9 @@ async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (Vec<u8>
 
 /// Reads a flooding socket until the server closes it: the `error` events it got, and the
 /// close code.
-async fn refusals_until_closed(rx: &mut (impl futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin)) -> (usize, Option<u16>) {
+async fn refusals_until_closed(
+    rx: &mut (impl futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
+) -> (usize, Option<u16>) {
     let mut refused = 0;
     while let Ok(Some(msg)) = tokio::time::timeout(WAIT, rx.next()).await {
         match msg {
@@ -159,9 +161,7 @@ async fn a_command_flood_is_refused_then_closed_1008_while_another_client_draws_
             }
         }
     });
-    let flood_seen = tokio::spawn(async move {
-        refusals_until_closed(&mut flood_rx).await
-    });
+    let flood_seen = tokio::spawn(async move { refusals_until_closed(&mut flood_rx).await });
     // Meanwhile, another client on the same image draws 20 strokes, 20 ms apart.
     let mut latencies = Vec::new();
     for i in 0..20 {
@@ -250,7 +250,9 @@ async fn a_subscriber_that_never_reads_is_closed_within_the_send_timeout() {
     let closed_after = started.elapsed();
     assert_eq!(server.until_sample(series, 1.0).await, 1.0, "the silent socket was never closed");
     assert!(sample(&server.scrape().await, "draw64_limits_refused_total{draw64_limit=\"send_timeout\"") >= 1.0);
-    println!("figures: a never-reading subscriber closed {closed_after:.2?} after it stopped reading ({sent} changes of 4,000 pixels)");
+    println!(
+        "figures: a never-reading subscriber closed {closed_after:.2?} after it stopped reading ({sent} changes of 4,000 pixels)"
+    );
     drop(silent);
 }
 
@@ -309,10 +311,18 @@ async fn foreign_origins_are_refused_on_the_handshake_and_on_cross_site_posts() 
             .unwrap();
         assert_eq!(res.status(), 403, "{content_type}");
         // Without Origin (an old browser), the form's body type alone is refused.
-        let res = app.http.post(app.url("/images")).header("content-type", content_type).body("x=1").send().await.unwrap();
+        let res =
+            app.http.post(app.url("/images")).header("content-type", content_type).body("x=1").send().await.unwrap();
         assert_eq!(res.status(), 422, "{content_type}");
     }
-    let res = app.http.put(app.url("/images/default")).header("origin", "http://evil.example").body(CLEAR).send().await.unwrap();
+    let res = app
+        .http
+        .put(app.url("/images/default"))
+        .header("origin", "http://evil.example")
+        .body(CLEAR)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 403);
     let res = app.http.delete(app.url("/images/default")).header("origin", "null").send().await.unwrap();
     assert_eq!(res.status(), 403);
@@ -340,7 +350,9 @@ async fn with_an_admin_token_deleting_and_clearing_need_it() {
     assert_eq!(app.data("victim").await[1][1], [5, 5, 5], "not cleared");
     let protocol = format!("draw64, draw64.token.{TOKEN}");
     let mut admin =
-        ws_connect_from("127.0.0.1", app.addr, "/ws/images/victim", &[("sec-websocket-protocol", &protocol)]).await.unwrap();
+        ws_connect_from("127.0.0.1", app.addr, "/ws/images/victim", &[("sec-websocket-protocol", &protocol)])
+            .await
+            .unwrap();
     ws_send(&mut admin, CLEAR).await;
     assert_eq!(next_event(&mut admin).await["event"]["command"]["command_type"], "clear_canvas");
     let res = app.http.delete(app.url("/images/victim")).bearer_auth(TOKEN).send().await.unwrap();
@@ -361,7 +373,15 @@ async fn unparsable_requests_get_a_json_detail_and_websocket_violations_their_cl
     for (request, status) in [
         (b"GARBAGE\r\n\r\n".to_vec(), "400"),
         // More headers than the parser takes (100), in a request small enough to be read whole.
-        ([b"GET /images HTTP/1.1\r\nHost: x\r\n".to_vec(), (0..200).flat_map(|i| format!("X-{i}: a\r\n").into_bytes()).collect(), b"\r\n".to_vec()].concat(), "431"),
+        (
+            [
+                b"GET /images HTTP/1.1\r\nHost: x\r\n".to_vec(),
+                (0..200).flat_map(|i| format!("X-{i}: a\r\n").into_bytes()).collect(),
+                b"\r\n".to_vec(),
+            ]
+            .concat(),
+            "431",
+        ),
     ] {
         let mut s = TcpStream::connect(app.addr).await.unwrap();
         let _ = s.write_all(&request).await;
@@ -376,7 +396,9 @@ async fn unparsable_requests_get_a_json_detail_and_websocket_violations_their_cl
     let echoed = tokio::time::timeout(WAIT, ws.next()).await.unwrap();
     assert!(matches!(echoed, Some(Ok(Message::Close(_))) | None), "{echoed:?}");
     // Invalid UTF-8 in a text frame: 1007. An unmasked client frame: 1002.
-    for (frame, code) in [(vec![0x81, 0x82, 1, 2, 3, 4, 0xff ^ 1, 0xfe ^ 2], 1007u16), (vec![0x81, 0x02, b'h', b'i'], 1002)] {
+    for (frame, code) in
+        [(vec![0x81, 0x82, 1, 2, 3, 4, 0xff ^ 1, 0xfe ^ 2], 1007u16), (vec![0x81, 0x02, b'h', b'i'], 1002)]
+    {
         let mut s = TcpStream::connect(app.addr).await.unwrap();
         s.write_all(
             b"GET /ws/images/default HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\

@@ -39,6 +39,7 @@ fn every_operation_answers_as_its_document_says() {
     let cases = stdout.lines().find(|l| l.contains(" generated, ")).expect("a case count");
     let counts: Vec<u64> = cases.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
     assert!(counts.len() == 2 && counts[0] == counts[1] && counts[0] > 1000, "{cases}");
-    let errors = server.logs.lock().unwrap().iter().filter(|l| l.contains("\"level\":\"ERROR\"")).cloned().collect::<Vec<_>>();
+    let errors =
+        server.logs.lock().unwrap().iter().filter(|l| l.contains("\"level\":\"ERROR\"")).cloned().collect::<Vec<_>>();
     assert!(errors.is_empty(), "the server logged errors: {errors:#?}");
 }

@@ -121,7 +121,10 @@ impl Tmpfs {
         if status.is_ok_and(|s| s.success()) {
             return Some((Tmpfs(dir.path().to_owned()), dir));
         }
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "mounting a tmpfs is required under CI=true (run as root)");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "mounting a tmpfs is required under CI=true (run as root)"
+        );
         println!("SKIPPED the full disk: mounting a tmpfs needs root");
         None
     }
@@ -179,7 +182,8 @@ async fn a_full_disk_refuses_writes_and_readiness_then_recovers_under_load_losin
                     break;
                 }
                 let id = format!("w{w}-{n}");
-                let status = http.post(format!("{base}/images/{id}")).send().await.map(|r| r.status().as_u16()).unwrap_or(0);
+                let status =
+                    http.post(format!("{base}/images/{id}")).send().await.map(|r| r.status().as_u16()).unwrap_or(0);
                 match status {
                     201 => ledger.created.push(id.clone()),
                     503 => {
@@ -281,12 +285,19 @@ async fn a_full_disk_refuses_writes_and_readiness_then_recovers_under_load_losin
             let drawn = &ledger.drawn[id];
             if let Some(last) = drawn.iter().rposition(|(_, acked)| *acked) {
                 let allowed: Vec<u8> = drawn[last..].iter().map(|(v, _)| *v).collect();
-                assert!(allowed.contains(&red), "{id}: shows {red}, acknowledged {} then tried {allowed:?}", drawn[last].0);
+                assert!(
+                    allowed.contains(&red),
+                    "{id}: shows {red}, acknowledged {} then tried {allowed:?}",
+                    drawn[last].0
+                );
                 checked += 1;
             }
         }
     }
-    println!("after a restart: {} images present, {checked} with their last acknowledged pixel", ledgers.iter().map(|l| l.created.len()).sum::<usize>());
+    println!(
+        "after a restart: {} images present, {checked} with their last acknowledged pixel",
+        ledgers.iter().map(|l| l.created.len()).sum::<usize>()
+    );
     drop(again);
 }
 

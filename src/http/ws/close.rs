@@ -97,7 +97,9 @@ pub fn for_read_error(e: &axum::Error) -> Option<(u16, &'static str, Ended)> {
             Some((CLOSE_TOO_BIG, "Message larger than 1 MiB.", Ended::TooBig))
         }
         Error::Utf8(_) => Some((CLOSE_INVALID_DATA, "Text frames must be UTF-8.", Ended::Protocol)),
-        Error::Protocol(p) if !matches!(p, tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
+        Error::Protocol(p)
+            if !matches!(p, tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) =>
+        {
             Some((CLOSE_PROTOCOL_ERROR, "WebSocket protocol violation.", Ended::Protocol))
         }
         _ => None,

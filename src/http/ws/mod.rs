@@ -13,7 +13,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-
 use axum::{
     extract::{
         Path, State,
@@ -97,22 +96,21 @@ pub async fn upgrade(
             // sees its socket open reaches it (its task may start later than the client's
             // next request).
             let events = app.service.subscribe(&id);
-            ws
-            .max_message_size(MAX_MESSAGE)
-            .max_frame_size(MAX_MESSAGE)
-            // Frames here are small (a command is tens of bytes): a 1 KiB read buffer instead
-            // of tungstenite's 128 KiB keeps an idle socket at a few KB (larger messages still
-            // grow it).
-            .read_buffer_size(READ_BUFFER)
-            // The page offers `draw64` beside the entry that carries its admin token.
-            .protocols(["draw64"])
-            // Split here, not inside the task: the socket then lives once, on the heap, rather
-            // than also in the long-lived task's state.
-            .on_upgrade(move |socket| {
-                let (sink, stream) = socket.split();
-                let sink = Sink { inner: sink, timeout: app.limits.options.send_timeout };
-                session(sink, stream, events, id, created, app, caller, seat)
-            })
+            ws.max_message_size(MAX_MESSAGE)
+                .max_frame_size(MAX_MESSAGE)
+                // Frames here are small (a command is tens of bytes): a 1 KiB read buffer instead
+                // of tungstenite's 128 KiB keeps an idle socket at a few KB (larger messages still
+                // grow it).
+                .read_buffer_size(READ_BUFFER)
+                // The page offers `draw64` beside the entry that carries its admin token.
+                .protocols(["draw64"])
+                // Split here, not inside the task: the socket then lives once, on the heap, rather
+                // than also in the long-lived task's state.
+                .on_upgrade(move |socket| {
+                    let (sink, stream) = socket.split();
+                    let sink = Sink { inner: sink, timeout: app.limits.options.send_timeout };
+                    session(sink, stream, events, id, created, app, caller, seat)
+                })
         }
         Err(e) => e.into_response(),
     }
@@ -181,8 +179,6 @@ enum Op {
     Feed(Message),
     Flush,
 }
-
-
 
 fn count_out(kind: &'static str, n: u64) {
     metrics()

@@ -454,7 +454,11 @@ mod tests {
         let (_dir, path) = crashed_copy(20);
         let wal = PathBuf::from(format!("{}-wal", path.display()));
         let log = std::fs::read(&wal).unwrap();
-        assert!(matches!(wal::inspect(&log), wal::Verdict::Intact { frames } if frames >= 20), "{:?}", wal::inspect(&log));
+        assert!(
+            matches!(wal::inspect(&log), wal::Verdict::Intact { frames } if frames >= 20),
+            "{:?}",
+            wal::inspect(&log)
+        );
         // Garbage at the end, as a torn write leaves: SQLite drops it, nothing committed is lost.
         let mut torn = log.clone();
         torn.extend_from_slice(&[0xA5; 64]);

@@ -388,7 +388,12 @@ pub async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
 }
 
 /// A WebSocket from `source` (see `connect_from`), with extra handshake headers.
-pub async fn ws_connect_from(source: &str, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+pub async fn ws_connect_from(
+    source: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
     for (k, v) in headers {
