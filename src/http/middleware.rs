@@ -12,10 +12,8 @@ pub fn stamp(app: &Shared, res: &mut Response) {
     let upgraded = res.status() == StatusCode::SWITCHING_PROTOCOLS;
     let headers = res.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
-    // Never guess a type from the bytes (a report or an image id is never HTML), and tell no
-    // other site where a visitor came from.
+    // Never guess a type from the bytes: a report or an image id is never HTML.
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     if let Some(id) = &app.served_by {
         headers.insert("x-served-by", id.clone());
     }
@@ -36,9 +34,11 @@ pub const DOCS_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 
     img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; \
     object-src 'none'";
 
-/// The headers of an HTML answer under `policy`.
+/// The headers of an HTML answer under `policy`. Only a document sends requests that could
+/// tell another site where a visitor came from, so only documents carry `Referrer-Policy`.
 pub fn html_headers(res: &mut Response, policy: &'static str) {
     let headers = res.headers_mut();
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(policy));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }

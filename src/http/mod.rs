@@ -4,6 +4,7 @@
 pub mod api;
 pub mod caller;
 pub mod client;
+mod deadlines;
 mod debug;
 pub mod docs;
 pub mod error;

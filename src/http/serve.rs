@@ -1,7 +1,7 @@
 //! The accept loop of both ports, in place of `axum::serve`, for what it cannot do: a seat per
 //! connection (in all and per client address, refused with a 503 before any byte is read), a
-//! deadline for request headers (hyper's, which also ends idle keep-alive connections and slow
-//! WebSocket handshakes), and a JSON `{"detail"}` body on the answers hyper writes by itself
+//! deadline for request headers (hyper's, on a timer of our own, `deadlines`; it also ends idle
+//! keep-alive connections and slow WebSocket handshakes), and a JSON `{"detail"}` body on the answers hyper writes by itself
 //! when a request cannot be parsed (400, 414, 431); and a deadline for each write, so a
 //! client that stops reading (an SSE stream, a slow download) is closed, not held forever on
 //! a full kernel buffer.
@@ -20,7 +20,7 @@ use std::{
 
 use axum::{Router, extract::ConnectInfo};
 use hyper::{body::Incoming, server::conn::http1};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -28,7 +28,10 @@ use tokio::{
 };
 use tower_service::Service as _;
 
-use super::client::{TrustedProxies, canonical};
+use super::{
+    client::{TrustedProxies, canonical},
+    deadlines::Sweep,
+};
 use crate::limits::{Full, Limit, Limits, Occupancy, Seat};
 
 /// Who may connect to one port, and for how long they may take to ask.
@@ -58,17 +61,8 @@ pub async fn serve(
     // count of connections still open.
     let (finish, finishing) = watch::channel(false);
     let polite = Arc::new(Semaphore::new(POLITE_REFUSALS));
-    // Every request sets a header deadline (--header-timeout, 20 s out). When that is the
-    // runtime's earliest timer, setting it wakes a parked worker to re-arm its poll: a syscall
-    // and a wake-up a request (strace, 5,000 PUTs: 2,700 more futex calls and 2,700 more
-    // writes than without deadlines). A timer that is always due within a second keeps every
-    // deadline later than the earliest, at one wake-up a second.
-    let keep_armed = tokio::spawn(async {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-        }
-    });
+    let sweep = Sweep::new(gate.header_timeout);
+    let swept = tokio::spawn(sweep.clone().run());
     let mut accept_failed_logged: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
@@ -105,7 +99,7 @@ pub async fn serve(
             router.clone().call(req)
         });
         let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
+            .timer(sweep.timer())
             .header_read_timeout(gate.header_timeout)
             .serve_connection(TokioIo::new(Connection::new(stream, seat, state.clone(), gate.send_timeout)), service)
             .with_upgrades();
@@ -136,7 +130,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    keep_armed.abort();
+    swept.abort();
     drop(finishing);
     finish.send_replace(true);
     finish.closed().await;

@@ -40,17 +40,34 @@ impl Bucket {
 
     /// Takes `n` tokens, or answers how long until there would be enough (and takes none).
     pub fn take(&mut self, rate: Rate, n: f64, now: Instant) -> Result<(), Duration> {
+        match self.wait_for(rate, n, now) {
+            Some(wait) => Err(wait),
+            None => {
+                self.spend(rate, n);
+                Ok(())
+            }
+        }
+    }
+
+    /// Refills, then answers how long until `n` tokens would be there: `None` if they are.
+    pub fn wait_for(&mut self, rate: Rate, n: f64, now: Instant) -> Option<Duration> {
         if rate.is_unlimited() {
-            return Ok(());
+            return None;
         }
         self.refill(rate, now);
         if self.tokens >= n {
-            self.tokens -= n;
-            return Ok(());
+            return None;
         }
         // More than a burst can never be taken at once: wait for a full bucket then.
         let missing = n.min(rate.burst) - self.tokens;
-        Err(Duration::from_secs_f64((missing / rate.per_second).max(0.001)))
+        Some(Duration::from_secs_f64((missing / rate.per_second).max(0.001)))
+    }
+
+    /// Takes `n` tokens that `wait_for` has just found there.
+    pub fn spend(&mut self, rate: Rate, n: f64) {
+        if !rate.is_unlimited() {
+            self.tokens -= n;
+        }
     }
 
     /// Whether it would be full again by `now`, so forgetting it changes nothing.

@@ -42,15 +42,15 @@ impl<const N: usize> Rates<N> {
             buckets.retain(|_, b| !b.iter().zip(rates).all(|(b, r)| b.is_refilled(r, now)));
         }
         let mine = buckets.entry(client).or_insert_with(|| self.rates.map(|r| Bucket::full(r, now)));
-        // Check every kind before taking any, so a refusal costs the client nothing.
-        for (k, (bucket, rate)) in mine.iter().zip(self.rates).enumerate() {
-            let mut probe = bucket.clone();
-            if let Err(wait) = probe.take(rate, amounts[k], now) {
+        // Check every kind before taking any, so a refusal costs the client nothing (a
+        // refill takes nothing). Each bucket is refilled once: a take is on every command.
+        for (k, (bucket, rate)) in mine.iter_mut().zip(self.rates).enumerate() {
+            if let Some(wait) = bucket.wait_for(rate, amounts[k], now) {
                 return Err((k, wait));
             }
         }
         for (bucket, (rate, n)) in mine.iter_mut().zip(self.rates.into_iter().zip(amounts)) {
-            let _ = bucket.take(rate, n, now);
+            bucket.spend(rate, n);
         }
         Ok(())
     }
