@@ -26,6 +26,8 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    #[error(transparent)]
+    FaultFlags(#[from] crate::faults::watch::FlagFileError),
 }
 
 /// Connections the metrics port holds at once (a quarter of them from one address).
@@ -67,6 +69,7 @@ impl App {
             || format!("draw64-{}-{:08x}", std::process::id(), fastrand::u32(..)),
             |t| t.instance_id.clone(),
         );
+        crate::faults::watch::start(config.fault_flags.clone())?;
         let store = store::open(&config.database, &instance_id, config.database_check)?;
         let limits =
             crate::service::Limits { max_images: config.max_images, max_total_images: config.max_total_images };

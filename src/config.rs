@@ -72,6 +72,13 @@ pub struct Config {
     #[arg(long, env = "DRAW64_FIRE_DRILLS")]
     pub fire_drills: bool,
 
+    /// Fault flags: a flagd flag file (the OpenTelemetry Demo's format), read at start and
+    /// re-read when it changes. Known flags: slowCommits, failingCommits, failingReadiness,
+    /// slowFanout, droppedFanout, memoryLeak, cpuBurn, slowPng (docs/operations.md). Also
+    /// switchable over PUT /admin/faults/{flag} with the admin token. None by default.
+    #[arg(long, env = "DRAW64_FAULT_FLAGS", value_name = "FILE")]
+    pub fault_flags: Option<std::path::PathBuf>,
+
     /// The public port's limits.
     #[command(flatten)]
     pub limits: crate::limits::Options,

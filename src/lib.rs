@@ -25,6 +25,8 @@
 //!   docs, metrics port), the observing middleware and the one error → response mapping.
 //! - [`limits`]: the public port's limits (flags, token buckets, seats per client address) and
 //!   the one place where a refusal is counted and logged; no I/O.
+//! - [`faults`]: fault injection (flagd flag file, admin switches) and its hooks, which the
+//!   writer, the fan-out, readiness and the HTTP handlers call; uses only telemetry.
 //! - [`lifecycle`]: serving → draining → closing, and the shutdown signals; [`drill`]: panics
 //!   on purpose, armed from the metrics port, to prove that they are caught and recorded.
 //! - [`app`]: builds all of the above from a [`config::Config`] and runs it.
@@ -36,6 +38,7 @@ pub mod bus;
 pub mod config;
 pub mod domain;
 pub mod drill;
+pub mod faults;
 pub mod http;
 pub mod lifecycle;
 pub mod limits;

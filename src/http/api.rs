@@ -135,6 +135,11 @@ async fn get(app: &AppState, id: ImageId) -> Result<Response, ApiError> {
         (status = 422, description = "Invalid image id", body = Detail)))]
 async fn png(app: &AppState, id: ImageId) -> Result<Response, ApiError> {
     let canvas = app.service.committed_canvas(&id).await.ok_or(crate::service::ServiceError::NotFound)?;
+    if let Some(delay) = crate::faults::png_delay() {
+        use opentelemetry::trace::TraceContextExt as _;
+        crate::faults::mark_span(&opentelemetry::Context::current().span(), crate::faults::Fault::SlowPng);
+        tokio::time::sleep(delay).await;
+    }
     Ok(([(header::CONTENT_TYPE, "image/png")], encode_png(&canvas)).into_response())
 }
 

@@ -62,6 +62,10 @@ pub enum ApiError {
     Busy(&'static str),
     #[error("{0}")]
     ProfileFailed(String),
+    #[error("No fault flag {0:?}; the flags are {flags}.", flags = crate::faults::Fault::ALL.map(|f| f.key()).join(", "))]
+    UnknownFault(String),
+    #[error("Invalid fault setting: {0}")]
+    InvalidFault(String),
 }
 
 impl From<axum::extract::rejection::PathRejection> for ApiError {
@@ -88,7 +92,9 @@ impl ApiError {
             | ApiError::BadBody(_)
             | ApiError::InvalidReport(_)
             | ApiError::TooManyPixels(_)
-            | ApiError::InvalidQuery(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            | ApiError::InvalidQuery(_)
+            | ApiError::InvalidFault(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::UnknownFault(_) => StatusCode::NOT_FOUND,
             ApiError::Throttled { .. } | ApiError::TooManyOpen(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::AdminRequired => StatusCode::UNAUTHORIZED,
             ApiError::AdminDenied => StatusCode::FORBIDDEN,

@@ -19,8 +19,13 @@ pub struct Readiness {
     /// Present when not ready: which checks failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<String>,
-    /// Each check by name (`store`, `bus` with several instances, `shutdown`).
+    /// Each check by name (`store`, `bus` with several instances, `shutdown`, and `faults`
+    /// while the `failingReadiness` fault flag is on).
     checks: std::collections::BTreeMap<&'static str, Check>,
+    /// Present while fault flags are on: each active flag, its value and where it came from,
+    /// so an injected fault is never mistaken for a real one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    faults: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -56,11 +61,35 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Readiness>
     }
     let shutdown = if app.lifecycle.is_draining() { "draining" } else { "ok" };
     checks.insert("shutdown", Check { status: shutdown.to_owned(), latency_seconds: None });
+    if crate::faults::readiness_fails() {
+        let status = "failing on purpose: the failingReadiness fault flag is on".to_owned();
+        checks.insert("faults", Check { status, latency_seconds: None });
+    }
+    let faults = banner();
     let failing: Vec<&str> = checks.iter().filter(|(_, c)| c.status != "ok").map(|(k, _)| *k).collect();
     if failing.is_empty() {
-        (StatusCode::OK, Json(Readiness { status: "ok", detail: None, checks }))
+        (StatusCode::OK, Json(Readiness { status: "ok", detail: None, checks, faults }))
     } else {
         let detail = Some(format!("not ready: {}", failing.join(", ")));
-        (StatusCode::SERVICE_UNAVAILABLE, Json(Readiness { status: "unavailable", detail, checks }))
+        (StatusCode::SERVICE_UNAVAILABLE, Json(Readiness { status: "unavailable", detail, checks, faults }))
     }
+}
+
+/// "fault injection active: failingCommits=0.2 (variant 20% of the flag file), …".
+fn banner() -> Option<String> {
+    let active = crate::faults::active();
+    if active.is_empty() {
+        return None;
+    }
+    let each: Vec<String> = active
+        .iter()
+        .map(|(fault, (setting, source))| {
+            let from = match source {
+                crate::faults::Source::File(variant) => format!("variant {variant} of the flag file"),
+                crate::faults::Source::Admin => "set over /admin/faults".to_owned(),
+            };
+            format!("{}={} ({from})", fault.key(), setting.to_json())
+        })
+        .collect();
+    Some(format!("fault injection active: {}", each.join(", ")))
 }

@@ -9,6 +9,7 @@ mod debug;
 pub mod docs;
 pub mod error;
 mod extract;
+mod faults;
 mod health;
 pub mod metrics_port;
 mod middleware;

@@ -107,6 +107,10 @@ pub async fn observe(State(app): State<AppState>, req: Request, next: Next) -> R
     let m = metrics();
     let active = [KeyValue::new(attr::HTTP_REQUEST_METHOD, method), KeyValue::new(attr::URL_SCHEME, "http")];
     m.http_active.add(1, &active);
+    if let Some(length) = crate::faults::cpu_burn() {
+        crate::faults::mark_span(&cx.span(), crate::faults::Fault::CpuBurn);
+        crate::faults::burn(length);
+    }
     // A panic in a handler is recorded by the panic hook (in the handler's span) and answered
     // here with a 500, so the connection and the instance go on.
     let handled = AssertUnwindSafe(async move {

@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 use opentelemetry::{
     Context, KeyValue,
     global::BoxedSpan,
-    trace::{Link, SpanKind, TraceContextExt as _, Tracer as _},
+    trace::{Link, Span as _, SpanKind, TraceContextExt as _, Tracer as _},
 };
 use opentelemetry_semantic_conventions::attribute as attr;
 
 use super::{Commit, Describe, Locked, Snapshot, Store, StoreError, Write};
 use crate::{
     domain::ImageId,
+    faults::{self, Fault},
     telemetry::{errors, metrics},
 };
 
@@ -55,9 +56,9 @@ impl Instrumented {
     pub fn commit(&mut self, commit: &Commit<'_>, contexts: &[Context], operations: usize) -> Result<(), StoreError> {
         let upserts_only = commit.writes.iter().all(|w| matches!(w, Write::Upsert(_)));
         let operation = if upserts_only { "BATCH UPSERT" } else { "BATCH" };
-        let span = self.span(operation, contexts, commit.writes.len());
+        let mut span = self.span(operation, contexts, commit.writes.len());
         let started = Instant::now();
-        let result = self.store.commit(commit);
+        let result = self.faulty_commit(commit, span.as_mut());
         self.record(operation, started.elapsed(), result.as_ref().err().map(|_| "commit_failed"));
         metrics().batch_size.record(operations as u64, &[]);
         let cx = span.map(|s| Context::new().with_span(s)).unwrap_or_default();
@@ -67,6 +68,26 @@ impl Instrumented {
         }
         cx.span().end();
         result
+    }
+
+    /// The commit, as the fault flags `slowCommits` and `failingCommits` have it.
+    fn faulty_commit(&mut self, commit: &Commit<'_>, mut span: Option<&mut BoxedSpan>) -> Result<(), StoreError> {
+        let mut mark = |fault| {
+            if let (Some(span), Some(attributes)) = (span.as_deref_mut(), faults::span_attributes(fault)) {
+                span.set_attributes(attributes);
+            }
+        };
+        if let Some(delay) = faults::commit_delay() {
+            mark(Fault::SlowCommits);
+            // The writer's own thread: a slow disk would hold it the same way.
+            std::thread::sleep(delay);
+        }
+        if faults::commit_fails() {
+            mark(Fault::FailingCommits);
+            self.store.rollback();
+            return Err(StoreError::Unusable("fault injected: the failingCommits flag is on".into()));
+        }
+        self.store.commit(commit)
     }
 
     pub fn ping(&mut self) -> Result<(), StoreError> {

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub pixels_drawn: Counter<u64>,
     pub fanout_latency: Histogram<f64>,
     pub subscriber_lagged: Counter<u64>,
+    pub fanout_undelivered: Counter<u64>,
     pub batch_size: Histogram<u64>,
     pub panics: Counter<u64>,
     pub errors: Counter<u64>,
@@ -79,6 +80,7 @@ pub fn metrics() -> &'static Metrics {
             &m.commands_rejected,
             &m.pixels_drawn,
             &m.subscriber_lagged,
+            &m.fanout_undelivered,
             &m.panics,
             &m.errors,
             &m.browser_socket_events,
@@ -165,6 +167,7 @@ impl Metrics {
                 .with_boundaries(FANOUT_BUCKETS.to_vec())
                 .build(),
             subscriber_lagged: counter(meter, "draw64.subscriber.lagged"),
+            fanout_undelivered: counter(meter, "draw64.fanout.undelivered"),
             batch_size: meter
                 .u64_histogram(batch.name)
                 .with_unit(batch.unit)

@@ -136,6 +136,13 @@ pub const METRICS: &[MetricDef] = &[
         description: "From a change's commit to its send on one subscriber's socket: one sample per socket write, the oldest event's (the worst of the write).",
     },
     MetricDef {
+        name: "draw64.fanout.undelivered",
+        instrument: Counter,
+        unit: "{event}",
+        attributes: &[],
+        description: "Events an open WebSocket subscriber was due and not sent (the droppedFanout fault flag).",
+    },
+    MetricDef {
         name: "draw64.subscriber.lagged",
         instrument: Counter,
         unit: "{subscriber}",
@@ -169,6 +176,13 @@ pub const METRICS: &[MetricDef] = &[
         unit: "{refusal}",
         attributes: &["draw64.limit"],
         description: "Refusals by the public port's limits, by draw64.limit: connections, connections_per_client, websockets_per_client, streams_per_client, header_timeout, body_timeout, send_timeout, silent_client, commands, pixels, pixels_per_command, images, persistent, origin, admin_token (docs/operations.md, Running it in public).",
+    },
+    MetricDef {
+        name: "draw64.faults.active",
+        instrument: Gauge,
+        unit: "{level}",
+        attributes: &["feature_flag.key"],
+        description: "Each fault flag's level: 0 when off, else its share, amount or 1 (slowCommits and slowFanout: delay in ms times share).",
     },
     MetricDef {
         name: "draw64.http.connections",

@@ -6,6 +6,7 @@ mod cluster;
 mod concurrency;
 mod deploy;
 mod errors;
+mod faults;
 mod lifecycle;
 mod load;
 mod parsers;

@@ -44,6 +44,7 @@ use self::{
 use super::{AppState, caller::Caller, error::ApiError};
 use crate::{
     domain::{ImageId, event},
+    faults::Fate,
     limits::{Limit, Seat, within},
     service::{Outgoing, RESYNC},
     telemetry::metrics,
@@ -292,6 +293,9 @@ async fn exchange(
     // commands: each still commits before its echo, and they keep the order it sent them in.
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut allowance = Allowance::new(&app.limits);
+    // Which subscribers a fan-out fault flag picks: the same ones for as long as it is on.
+    static SUBSCRIBERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let subscriber = SUBSCRIBERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 
     loop {
         let step = tokio::select! {
@@ -304,7 +308,17 @@ async fn exchange(
                     let reason = "The image was reloaded; reconnect and reload it.";
                     return close(sink, CLOSE_TRY_AGAIN_LATER, reason, Ended::Lagged).await;
                 }
-                Ok(event) => forward(sink, &mut events, event, id).await,
+                Ok(event) => match crate::faults::fanout_fate(subscriber) {
+                    Fate::Deliver => forward(sink, &mut events, event, id).await,
+                    Fate::Delay(delay) => {
+                        tokio::time::sleep(delay).await;
+                        forward(sink, &mut events, event, id).await
+                    }
+                    Fate::Drop => {
+                        metrics().fanout_undelivered.add(1, &[]);
+                        Ok(())
+                    }
+                },
                 Err(RecvError::Lagged(missed)) => return lagged(sink, id, missed).await,
                 Err(RecvError::Closed) => {
                     return close(sink, CLOSE_IMAGE_DELETED, "Image deleted.", Ended::Deleted).await;
