@@ -1,6 +1,7 @@
 //! Black-box tests: the real server on 127.0.0.1, port 0, a fresh database each, spoken to over
 //! real sockets. Run with `cargo test`.
 
+mod alerts;
 mod browser;
 mod cluster;
 mod concurrency;
