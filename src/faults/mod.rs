@@ -181,6 +181,15 @@ struct Faults {
 }
 
 impl Faults {
+    /// One fault's setting in force, if it is on: an admin's wins over the file's.
+    fn get(&self, fault: Fault) -> Option<(Setting, Source)> {
+        let found = match self.admin.get(&fault) {
+            Some(setting) => Some((*setting, Source::Admin)),
+            None => self.file.get(&fault).map(|f| (f.setting, Source::File(f.variant.clone()))),
+        };
+        found.filter(|(setting, _)| !setting.is_off())
+    }
+
     fn active(&self) -> BTreeMap<Fault, (Setting, Source)> {
         let mut active: BTreeMap<_, _> =
             self.file.iter().map(|(f, s)| (*f, (s.setting, Source::File(s.variant.clone())))).collect();
@@ -212,7 +221,7 @@ pub fn setting(fault: Fault) -> Option<(Setting, Source)> {
     if !ANY.load(Ordering::Relaxed) {
         return None;
     }
-    faults().active().remove(&fault)
+    faults().get(fault)
 }
 
 /// Changes the faults, then logs each one whose setting changed.
@@ -286,19 +295,20 @@ pub fn fanout_fate(subscriber: u64) -> Fate {
     if !ANY.load(Ordering::Relaxed) {
         return Fate::Deliver;
     }
-    fate(&faults().active(), subscriber)
+    let faults = faults();
+    fate(faults.get(Fault::DroppedFanout), faults.get(Fault::SlowFanout), subscriber)
 }
 
-fn fate(active: &BTreeMap<Fault, (Setting, Source)>, subscriber: u64) -> Fate {
+fn fate(dropped: Option<(Setting, Source)>, slow: Option<(Setting, Source)>, subscriber: u64) -> Fate {
     // A stable place in 0..1 for the subscriber (Fibonacci hashing spreads sequential ids).
     let place = (subscriber.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
-    if let Some((Setting::Share(share), _)) = active.get(&Fault::DroppedFanout)
-        && place < *share
+    if let Some((Setting::Share(share), _)) = dropped
+        && place < share
     {
         return Fate::Drop;
     }
-    match active.get(&Fault::SlowFanout) {
-        Some((Setting::Delay { ms, share }, _)) if place < *share => Fate::Delay(Duration::from_secs_f64(ms / 1000.0)),
+    match slow {
+        Some((Setting::Delay { ms, share }, _)) if place < share => Fate::Delay(Duration::from_secs_f64(ms / 1000.0)),
         _ => Fate::Deliver,
     }
 }
@@ -360,17 +370,18 @@ mod tests {
         )
         .unwrap();
         let mut faults = Faults { file, admin: BTreeMap::new() };
-        let active = faults.active();
-        assert_eq!(active[&Fault::FailingCommits], (Setting::Share(1.0), Source::File("all".into())));
-        let dropped = (0..10_000u64).filter(|s| fate(&active, *s) == Fate::Drop).count();
+        let fate_of = |faults: &Faults, s| fate(faults.get(Fault::DroppedFanout), faults.get(Fault::SlowFanout), s);
+        assert_eq!(faults.get(Fault::FailingCommits), Some((Setting::Share(1.0), Source::File("all".into()))));
+        assert_eq!(faults.active().len(), 2);
+        let dropped = (0..10_000u64).filter(|s| fate_of(&faults, *s) == Fate::Drop).count();
         assert!((4_000..6_000).contains(&dropped), "{dropped} of 10,000 subscribers");
-        assert_eq!(fate(&active, 42), fate(&active, 42), "the same subscribers suffer");
+        assert_eq!(fate_of(&faults, 42), fate_of(&faults, 42), "the same subscribers suffer");
         faults.admin.insert(Fault::FailingCommits, Setting::Share(0.0));
         faults.admin.insert(Fault::SlowFanout, Setting::Delay { ms: 5.0, share: 1.0 });
-        let active = faults.active();
-        assert!(!active.contains_key(&Fault::FailingCommits), "an admin's setting wins, off included");
-        assert_eq!(active[&Fault::SlowFanout].1, Source::Admin);
-        let slowed = (0..100u64).filter(|s| fate(&active, *s) == Fate::Delay(Duration::from_millis(5))).count();
+        assert_eq!(faults.get(Fault::FailingCommits), None, "an admin's setting wins, off included");
+        assert!(!faults.active().contains_key(&Fault::FailingCommits));
+        assert_eq!(faults.get(Fault::SlowFanout).unwrap().1, Source::Admin);
+        let slowed = (0..100u64).filter(|s| fate_of(&faults, *s) == Fate::Delay(Duration::from_millis(5))).count();
         assert!((30..70).contains(&slowed), "the half not dropped is slowed: {slowed} of 100");
     }
 
