@@ -25,8 +25,9 @@
 //!   docs, metrics port), the observing middleware and the one error → response mapping.
 //! - [`limits`]: the public port's limits (flags, token buckets, seats per client address) and
 //!   the one place where a refusal is counted and logged; no I/O.
-//! - [`faults`]: fault injection (flagd flag file, admin switches) and its hooks, which the
-//!   writer, the fan-out, readiness and the HTTP handlers call; uses only telemetry.
+//! - [`faults`]: fault injection (flagd flag file, admin switches) and its hooks, which
+//!   `store::Instrumented` (commits) and `http` (readiness, the WebSocket fan-out, the
+//!   observing middleware, PNGs) call; uses only telemetry.
 //! - [`lifecycle`]: serving → draining → closing, and the shutdown signals; [`drill`]: panics
 //!   on purpose, armed from the metrics port, to prove that they are caught and recorded.
 //! - [`app`]: builds all of the above from a [`config::Config`] and runs it.
