@@ -124,8 +124,9 @@ impl App {
         self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// Serves until `shutdown` resolves, then: readiness 503 and `Connection: close` for the
-    /// drain grace; WebSockets closed with 1001 and SSE streams ended; open requests given up
+    /// Serves until `shutdown` resolves or an admin retires the instance, then: readiness 503
+    /// and `Connection: close` for the drain grace; WebSockets closed with 1001 (1012 when
+    /// retired) and SSE streams ended; open requests given up
     /// to the shutdown timeout; queued writes committed.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let Self { listener, metrics_listener, state, drain_grace, shutdown_timeout } = self;
@@ -160,6 +161,7 @@ impl App {
                 return result.map_err(std::io::Error::other)?;
             }
             _ = shutdown => {}
+            _ = lifecycle.retired() => {}
         }
         lifecycle.start_draining();
         tracing::info!(grace = ?drain_grace, "draining: readiness is 503, answers close their connections");

@@ -1,5 +1,6 @@
 //! The command line: `draw64 [serve] [FLAGS]` runs the server, `draw64 load SCENARIO` the load
-//! tool (a crate of its own, `draw64-load`, which the server library never links).
+//! tool and `draw64 release VERB` the release controller (crates of their own, `draw64-load`
+//! and `draw64-release`, which the server library never links).
 
 use clap::{Parser, Subcommand};
 use draw64::Config;
@@ -56,6 +57,10 @@ enum Verb {
     /// percentiles, delivery and errors.
     #[command(subcommand)]
     Load(draw64_load::Scenario),
+    /// Release a new build through HAProxy as a canary judged from Prometheus: promote it or
+    /// roll it back (docs/operations.md, Releasing).
+    #[command(subcommand)]
+    Release(draw64_release::Release),
 }
 
 /// What the command line asks for.
@@ -63,6 +68,7 @@ enum Verb {
 pub enum Action {
     Serve(Config),
     Load(draw64_load::Scenario),
+    Release(draw64_release::Release),
 }
 
 impl Cli {
@@ -70,6 +76,7 @@ impl Cli {
         match self.command {
             Some(Verb::Serve(config)) => Action::Serve(config),
             Some(Verb::Load(scenario)) => Action::Load(scenario),
+            Some(Verb::Release(release)) => Action::Release(release),
             None => Action::Serve(self.serve),
         }
     }

@@ -1,5 +1,7 @@
 //! The instance's phases, as health checks and connections see them: serving → draining
-//! (readiness 503, `Connection: close`) → closing (WebSockets get 1001, streams end).
+//! (readiness 503, `Connection: close`) → closing (WebSockets get 1001, or 1012 when a release
+//! retired the instance; streams end). A drain starts at a signal or at an admin's
+//! `POST /admin/drain`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -10,13 +12,30 @@ use tokio::{
 
 pub struct Lifecycle {
     draining: AtomicBool,
+    /// Set by `retire`: the drain was asked for over HTTP, so the process goes away for good
+    /// and its sockets are told to reconnect elsewhere.
+    retired: watch::Sender<bool>,
     closing: watch::Sender<bool>,
 }
 
 impl Default for Lifecycle {
     fn default() -> Self {
-        Self { draining: AtomicBool::new(false), closing: watch::Sender::new(false) }
+        Self {
+            draining: AtomicBool::new(false),
+            retired: watch::Sender::new(false),
+            closing: watch::Sender::new(false),
+        }
     }
+}
+
+/// Why long-lived connections are closed, which picks their RFC 6455 close code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Farewell {
+    /// A signal: 1001, going away.
+    Shutdown,
+    /// A release retired this instance: 1012, service restart (reconnect; another instance
+    /// takes over).
+    Retired,
 }
 
 impl Lifecycle {
@@ -26,6 +45,24 @@ impl Lifecycle {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Asks the serving loop to drain as at a signal, the sockets being told 1012. Answers
+    /// false when the instance was already retired.
+    pub fn retire(&self) -> bool {
+        !self.retired.send_replace(true)
+    }
+
+    /// Resolves once `retire` was called.
+    pub fn retired(&self) -> impl Future<Output = ()> + Send + use<> {
+        let mut rx = self.retired.subscribe();
+        async move {
+            let _ = rx.wait_for(|retired| *retired).await;
+        }
+    }
+
+    pub fn farewell(&self) -> Farewell {
+        if *self.retired.borrow() { Farewell::Retired } else { Farewell::Shutdown }
     }
 
     pub fn close_connections(&self) {

@@ -16,6 +16,7 @@ async fn main() -> ExitCode {
     let config = match Cli::parse().into_action() {
         Action::Serve(config) => config,
         Action::Load(scenario) => return draw64_load::main(scenario).await,
+        Action::Release(release) => return draw64_release::main(release).await,
     };
     let signals = match lifecycle::Signals::install() {
         Ok(signals) => signals,

@@ -169,6 +169,16 @@ pub struct Caller {
 impl Caller {
     /// For deleting and clearing: refuses (401 without a token, 403 with a wrong one) when a
     /// token is configured and not given.
+    /// For the operator's switches (fault flags, retiring the instance): refused outright
+    /// unless an admin token is configured, as anyone could otherwise break the service; then
+    /// as `require_admin`. `unset` says which switch and why.
+    pub fn require_operator(&self, app: &AppState, unset: &'static str) -> Result<(), ApiError> {
+        if !app.admin_token.is_set() {
+            return Err(ApiError::Disabled(unset));
+        }
+        self.require_admin(app)
+    }
+
     pub fn require_admin(&self, app: &AppState) -> Result<(), ApiError> {
         match self.access {
             Access::Open | Access::Admin => Ok(()),

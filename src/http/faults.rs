@@ -12,12 +12,7 @@ use super::{AppState, caller::Caller, error::ApiError, extract::TimedBody};
 use crate::faults::{self, Fault, Setting, Source};
 
 fn admit(caller: &Caller, app: &AppState) -> Result<(), ApiError> {
-    if !app.admin_token.is_set() {
-        return Err(ApiError::Disabled(
-            "Fault flags are switched over HTTP only with an admin token (DRAW64_ADMIN_TOKEN).",
-        ));
-    }
-    caller.require_admin(app)
+    caller.require_operator(app, "Fault flags are switched over HTTP only with an admin token (DRAW64_ADMIN_TOKEN).")
 }
 
 /// Every flag: its value in force (null when off) and where it came from.

@@ -7,6 +7,7 @@ pub mod client;
 mod deadlines;
 mod debug;
 pub mod docs;
+mod drain;
 pub mod error;
 mod extract;
 mod faults;

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use axum::routing::{MethodRouter, get, post};
 
-use super::{AppState, api, debug, faults, health, metrics_port, rum, sse, web, ws};
+use super::{AppState, api, debug, drain, faults, health, metrics_port, rum, sse, web, ws};
 
 pub struct Route {
     pub template: &'static str,
@@ -36,6 +36,7 @@ pub fn public() -> Vec<Route> {
         route("/readyz", get(health::readyz), true),
         route("/admin/faults", get(faults::list), false),
         route("/admin/faults/{flag}", axum::routing::put(faults::set).delete(faults::clear), false),
+        route("/admin/drain", post(drain::drain), false),
     ]
 }
 

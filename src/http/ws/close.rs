@@ -13,6 +13,8 @@ pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 pub const CLOSE_INVALID_DATA: u16 = 1007;
 pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Service restart: a release retired this instance; reconnect (to another one).
+pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 /// Draw64's own code (4000–4999 are for applications): the image was deleted.
 pub const CLOSE_IMAGE_DELETED: u16 = 4404;

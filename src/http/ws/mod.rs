@@ -34,8 +34,8 @@ use tokio::sync::broadcast::{
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub use self::close::{
-    CLOSE_GOING_AWAY, CLOSE_IMAGE_DELETED, CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG,
-    CLOSE_TRY_AGAIN_LATER,
+    CLOSE_GOING_AWAY, CLOSE_IMAGE_DELETED, CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR,
+    CLOSE_SERVICE_RESTART, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN_LATER,
 };
 use self::{
     close::{Ended, close, for_read_error, lagged},
@@ -45,6 +45,7 @@ use super::{AppState, caller::Caller, error::ApiError};
 use crate::{
     domain::{ImageId, event},
     faults::Fate,
+    lifecycle::Farewell,
     limits::{Limit, Seat, within},
     service::{Outgoing, RESYNC},
     telemetry::metrics,
@@ -301,7 +302,13 @@ async fn exchange(
         let step = tokio::select! {
             biased;
             _ = &mut closing => {
-                return close(sink, CLOSE_GOING_AWAY, "Server shutting down; reconnect.", Ended::Shutdown).await;
+                return match app.lifecycle.farewell() {
+                    Farewell::Shutdown => close(sink, CLOSE_GOING_AWAY, "Server shutting down; reconnect.", Ended::Shutdown),
+                    Farewell::Retired => {
+                        close(sink, CLOSE_SERVICE_RESTART, "Instance retired by a release; reconnect.", Ended::Shutdown)
+                    }
+                }
+                .await;
             }
             event = events.recv() => match event {
                 Ok(event) if event.kind == RESYNC => {

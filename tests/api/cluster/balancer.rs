@@ -34,6 +34,7 @@ impl Haproxy {
             .args(["-db", "-f", &format!("{deploy}/haproxy.cfg")])
             .env("DRAW64_LB_BIND", addr.to_string())
             .env("DRAW64_LB_STATS", format!("127.0.0.1:{}", free_port()))
+            .env("DRAW64_LB_API", format!("127.0.0.1:{}", free_port()))
             .env("DRAW64_1", one.to_string())
             .env("DRAW64_2", two.to_string())
             .env("DRAW64_HAPROXY_ERRORS", format!("{deploy}/haproxy"))
