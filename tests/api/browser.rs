@@ -10,7 +10,7 @@ use std::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 
 use crate::{
-    support::{WAIT, otlp::Receiver, prometheus::Prometheus, require},
+    support::{WAIT, otlp::Receiver, prometheus::Prometheus, require, script::ScriptCluster},
     telemetry::{attr, hex, string},
 };
 
@@ -106,31 +106,6 @@ fn browser_dir() -> (PathBuf, PathBuf) {
     (dir, out)
 }
 
-/// A port base with the ports `scripts/cluster` uses around it free.
-fn cluster_port() -> u16 {
-    loop {
-        let base = fastrand::u16(20_000..60_000);
-        let free =
-            [0, 1, 2, 50, 99, 101, 102].iter().all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok());
-        if free {
-            return base;
-        }
-    }
-}
-
-/// Stops the cluster however the test ends.
-struct Cluster {
-    script: PathBuf,
-    state: tempfile::TempDir,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ =
-            Command::new(&self.script).arg("--stop").env("DRAW64_CLUSTER_DIR", self.state.path().join("c")).status();
-    }
-}
-
 /// The newcomer's path: `scripts/cluster`, then two tabs on the balancer's page.
 #[test]
 fn two_tabs_on_scripts_cluster_land_on_two_instances_and_see_each_other() {
@@ -142,20 +117,8 @@ fn two_tabs_on_scripts_cluster_land_on_two_instances_and_see_each_other() {
         return;
     }
     let (dir, out) = browser_dir();
-    let cluster = Cluster {
-        script: Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster"),
-        state: tempfile::tempdir().unwrap(),
-    };
-    let port = cluster_port();
-    let started = Command::new(&cluster.script)
-        .args(["--port", &port.to_string()])
-        .env("DRAW64_CLUSTER_DIR", cluster.state.path().join("c"))
-        .env("DRAW64_BIN", env!("CARGO_BIN_EXE_draw64"))
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&started.stdout);
-    assert!(started.status.success(), "scripts/cluster failed: {printed}{}", String::from_utf8_lossy(&started.stderr));
-    assert!(printed.contains(&format!("http://127.0.0.1:{port}/")), "{printed}");
+    let cluster = ScriptCluster::start();
+    let port = cluster.port;
     let metrics = format!("http://127.0.0.1:{}/metrics,http://127.0.0.1:{}/metrics", port + 101, port + 102);
     let status = Command::new("node")
         .arg("cluster.test.mjs")
@@ -166,5 +129,4 @@ fn two_tabs_on_scripts_cluster_land_on_two_instances_and_see_each_other() {
         .status()
         .unwrap();
     assert!(status.success(), "cluster browser scenario failed: {status}");
-    drop(cluster);
 }

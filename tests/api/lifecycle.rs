@@ -142,6 +142,49 @@ async fn sigterm_drains_then_closes_websockets_1001_and_exits_0() {
     assert_eq!(server.wait(), Some(0));
 }
 
+/// A release retiring its canary: the same drain, but the sockets are told 1012 (service
+/// restart), and only an admin may ask.
+#[tokio::test]
+async fn admin_drain_retires_the_instance_closing_websockets_1012_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "release-token-0123456789";
+    let server = Server::start_env(
+        &test_db(&dir),
+        "127.0.0.1:0",
+        &["--drain-grace", "1s"],
+        &[("DRAW64_ADMIN_TOKEN", token)],
+        None,
+    );
+    let http = reqwest::Client::new();
+    let mut ws = ws_connect(&format!("ws://{}/ws/images/retire", server.addr)).await;
+    assert_eq!(http.post(server.url("/admin/drain")).send().await.unwrap().status(), 401);
+    let res = http.post(server.url("/admin/drain")).bearer_auth("not-the-token-at-all").send().await.unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(get(&http, server.url("/readyz")).await.0, 200, "a refused drain changes nothing");
+
+    let res = http.post(server.url("/admin/drain")).bearer_auth(token).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    let body: Value = res.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap().contains("1012"), "{body}");
+    let res = until_draining(&http, &server).await;
+    assert_eq!(res.status(), 503);
+    let (code, _) = until_close(&mut ws, 0).await;
+    assert_eq!(code, 1012);
+    assert_eq!(server.wait(), Some(0));
+}
+
+#[tokio::test]
+async fn admin_drain_is_off_without_an_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&test_db(&dir), "127.0.0.1:0", &[]);
+    let http = reqwest::Client::new();
+    let res = http.post(server.url("/admin/drain")).send().await.unwrap();
+    assert_eq!(res.status(), 403);
+    let body: Value = res.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap().contains("DRAW64_ADMIN_TOKEN"), "{body}");
+    assert_eq!(get(&http, server.url("/readyz")).await.0, 200);
+}
+
 #[tokio::test]
 async fn a_second_signal_exits_at_once() {
     let dir = tempfile::tempdir().unwrap();

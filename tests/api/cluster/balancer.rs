@@ -91,6 +91,8 @@ pub struct Tally {
     pub http_failed: Mutex<Vec<String>>,
     pub ws_reconnects: AtomicU64,
     pub http_sent: AtomicU64,
+    /// Every HTTP answer of the writers: when, which instance (`X-Served-By`), whether 200.
+    pub answers: Mutex<Vec<(Instant, String, bool)>>,
 }
 
 /// Steady load through the balancer: HTTP writers and WebSocket writers, each on its own image
@@ -107,18 +109,20 @@ pub const HTTP_WRITERS: usize = 2;
 pub const WS_WRITERS: usize = 2;
 
 impl Load {
-    pub async fn start(lb: &Haproxy, http: &reqwest::Client) -> Load {
+    /// Through the balancer at `lb`.
+    pub async fn start(lb: SocketAddr, http: &reqwest::Client) -> Load {
+        let url = |path: &str| format!("http://{lb}{path}");
         let stop = Arc::new(AtomicBool::new(false));
         let tally = Arc::new(Tally::default());
         let mut tasks = Vec::new();
         let mut replicas = Vec::new();
         for w in 0..HTTP_WRITERS + WS_WRITERS {
-            let status = http.post(lb.url(&format!("/images/load{w}"))).send().await.unwrap().status();
+            let status = http.post(url(&format!("/images/load{w}"))).send().await.unwrap().status();
             assert_eq!(status, 201);
         }
         for w in 0..HTTP_WRITERS {
             let (stop, tally, http) = (stop.clone(), tally.clone(), http.clone());
-            let url = lb.url(&format!("/images/load{w}"));
+            let url = url(&format!("/images/load{w}"));
             tasks.push(tokio::spawn(async move {
                 for seq in 0..4096 {
                     if stop.load(Ordering::Relaxed) {
@@ -128,13 +132,18 @@ impl Load {
                     let body = draw(&[[(seq % 64) as i64, (seq / 64) as i64, c[0] as i64, c[1] as i64, c[2] as i64]]);
                     tally.http_sent.fetch_add(1, Ordering::Relaxed);
                     match http.put(&url).body(body).timeout(Duration::from_secs(10)).send().await {
-                        Ok(res) if res.status() == 200 => {
-                            tally.acked.lock().unwrap().push((format!("load{w}"), seq, c))
-                        }
                         Ok(res) => {
-                            let status = res.status();
-                            let body = res.text().await.unwrap_or_default();
-                            tally.http_failed.lock().unwrap().push(format!("{status} {body}"));
+                            let by = res.headers().get("x-served-by").and_then(|v| v.to_str().ok());
+                            let by = by.unwrap_or("the balancer").to_owned();
+                            let ok = res.status() == 200;
+                            tally.answers.lock().unwrap().push((Instant::now(), by.clone(), ok));
+                            if ok {
+                                tally.acked.lock().unwrap().push((format!("load{w}"), seq, c));
+                            } else {
+                                let status = res.status();
+                                let body = res.text().await.unwrap_or_default();
+                                tally.http_failed.lock().unwrap().push(format!("{status} from {by}: {body}"));
+                            }
                         }
                         Err(e) => tally.http_failed.lock().unwrap().push(e.to_string()),
                     }
@@ -144,13 +153,13 @@ impl Load {
         }
         for w in HTTP_WRITERS..HTTP_WRITERS + WS_WRITERS {
             let (stop, tally) = (stop.clone(), tally.clone());
-            let url = format!("ws://{}/ws/images/load{w}", lb.addr);
+            let url = format!("ws://{lb}/ws/images/load{w}");
             tasks.push(tokio::spawn(ws_writer(url, w, stop, tally)));
         }
         for w in 0..HTTP_WRITERS + WS_WRITERS {
             let (stop, tally, http) = (stop.clone(), tally.clone(), http.clone());
             let image = format!("load{w}");
-            let (ws, data) = (format!("ws://{}/ws/images/{image}", lb.addr), lb.url(&format!("/images/{image}/data")));
+            let (ws, data) = (format!("ws://{lb}/ws/images/{image}"), url(&format!("/images/{image}/data")));
             replicas.push(tokio::spawn(async move { (image, replica(ws, data, http, stop, tally).await) }));
         }
         Load { stop, tally, tasks, replicas }
@@ -291,18 +300,18 @@ pub async fn check_acked(tally: &Tally, http: &reqwest::Client, data_of: impl Fn
     acked.len()
 }
 
-/// Every acknowledged change is in what `survivor` serves, and every reader's replica equals
-/// the stored image; answers how many acknowledged changes were checked.
+/// Every acknowledged change is in what `survivor` (a base URL) serves, and every reader's
+/// replica equals the stored image; answers how many acknowledged changes were checked.
 pub async fn check_survivor(
     tally: &Tally,
     replicas: &[(String, Canvas)],
     http: &reqwest::Client,
-    survivor: &Server,
+    survivor: &str,
 ) -> usize {
-    let found = check_acked(tally, http, |image| survivor.url(&format!("/images/{image}/data"))).await;
+    let found = check_acked(tally, http, |image| format!("{survivor}/images/{image}/data")).await;
     for (image, canvas) in replicas {
         let stored: Canvas =
-            http.get(survivor.url(&format!("/images/{image}/data"))).send().await.unwrap().json().await.unwrap();
+            http.get(format!("{survivor}/images/{image}/data")).send().await.unwrap().json().await.unwrap();
         assert!(canvas == &stored, "a reader's replica of {image} differs from the stored image");
     }
     found

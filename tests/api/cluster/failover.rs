@@ -27,14 +27,14 @@ async fn kill_9_of_one_instance_loses_no_acknowledged_change() {
     let http = reqwest::Client::new();
     lb.wait_both(&http, [&served_by(&http, &one).await, &served_by(&http, &two).await]).await;
 
-    let load = Load::start(&lb, &http).await;
+    let load = Load::start(lb.addr, &http).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     one.signal(nix::sys::signal::Signal::SIGKILL);
     let _ = one.wait();
     tokio::time::sleep(Duration::from_secs(4)).await;
     let (tally, replicas) = load.finish().await;
 
-    let found = check_survivor(&tally, &replicas, &http, &two).await;
+    let found = check_survivor(&tally, &replicas, &http, &two.url("")).await;
     let failed = tally.http_failed.lock().unwrap().len();
     eprintln!(
         "FIGURES failover (kill -9 of one of two instances under load): {found} changes acknowledged, {found} found \
@@ -58,7 +58,7 @@ async fn a_rolling_release_fails_no_request_and_readers_miss_nothing() {
         [served_by(&http, servers[0].as_ref().unwrap()).await, served_by(&http, servers[1].as_ref().unwrap()).await];
     lb.wait_both(&http, [&ids[0], &ids[1]]).await;
 
-    let load = Load::start(&lb, &http).await;
+    let load = Load::start(lb.addr, &http).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     for n in 0..2 {
         let old = servers[n].take().unwrap();
@@ -72,7 +72,7 @@ async fn a_rolling_release_fails_no_request_and_readers_miss_nothing() {
     }
     let (tally, replicas) = load.finish().await;
     let survivor = servers[0].as_ref().unwrap();
-    let found = check_survivor(&tally, &replicas, &http, survivor).await;
+    let found = check_survivor(&tally, &replicas, &http, &survivor.url("")).await;
     let failed = tally.http_failed.lock().unwrap().clone();
     eprintln!(
         "FIGURES rolling release (SIGTERM, restart, one instance at a time): {} HTTP requests, {} failed; \

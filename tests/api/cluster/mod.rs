@@ -1,12 +1,14 @@
 //! Several instances on one PostgreSQL: cross-instance order, cluster-wide limits and presence,
 //! listener loss (`instances`); real processes for traces and presence (`processes`); and,
 //! behind a real HAProxy, kill -9 failover, a rolling release and a database outage
-//! (`failover`, on the `balancer` harness). Each prints the figures it measured (`--nocapture`).
+//! (`failover`, on the `balancer` harness); canary releases on scripts/cluster (`release`). Each
+//! prints the figures it measured (`--nocapture`).
 
 mod balancer;
 mod failover;
 mod instances;
 mod processes;
+mod release;
 
 use std::time::{Duration, Instant};
 
