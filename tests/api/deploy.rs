@@ -213,7 +213,10 @@ async fn every_metric_the_dashboard_and_rules_use_is_in_a_live_scrape() {
         }
     }
     let (rules, recorded) = rule_exprs();
-    for expr in rules.iter().chain(&dashboard_exprs()) {
+    let adapter = std::fs::read_to_string(deploy("kubernetes/prometheus-adapter.yaml")).unwrap();
+    let series_query = adapter.lines().find_map(|l| l.trim().strip_prefix("- seriesQuery: ")).unwrap().to_owned();
+    let analysis = controller_queries(r#"track="canary""#, "1m").into_values();
+    for expr in rules.iter().chain(&dashboard_exprs()).chain(&analysis.chain([series_query]).collect::<Vec<_>>()) {
         for name in metric_names(expr) {
             assert!(series.contains(&name) || recorded.contains(&name), "{name} (in `{expr}`) is not in a live scrape");
         }
@@ -319,8 +322,8 @@ fn kubernetes_manifests_pass_kubernetes_validate() {
         return;
     }
     let out = std::process::Command::new("kubernetes-validate")
-        .args(["--strict", "--no-warn"])
-        .arg(deploy("kubernetes/draw64.yaml"))
+        .args(["--strict"])
+        .args(["draw64.yaml", "prometheus-adapter.yaml", "rollout.yaml"].map(|f| deploy(&format!("kubernetes/{f}"))))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
@@ -328,12 +331,108 @@ fn kubernetes_manifests_pass_kubernetes_validate() {
     for kind in ["deployment", "service", "poddisruptionbudget", "horizontalpodautoscaler"] {
         assert!(text.contains(&format!("passed for resource {kind}/draw64")), "{kind} not validated: {text}");
     }
+    assert!(text.contains("passed for resource configmap/prometheus-adapter"), "{text}");
+    // The Argo Rollouts kinds have no schema there (the_argo_rollout_… checks them instead);
+    // nothing else may be skipped.
+    let skipped: Vec<&str> = text.lines().filter(|l| l.contains("Couldn't find schema")).collect();
+    assert_eq!(skipped.len(), 2, "{text}");
+    assert!(skipped.iter().all(|l| l.contains("argoproj.io/v1alpha1")), "{text}");
     // The probes use the paths and port the binary serves.
     let doc = std::fs::read_to_string(deploy("kubernetes/draw64.yaml")).unwrap();
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
         assert!(doc.contains(probe), "{probe} missing");
     }
     assert!(doc.contains("path: /readyz") && doc.contains("path: /healthz") && doc.contains("containerPort: 9464"));
+}
+
+fn documents(path: &str) -> Vec<Yaml> {
+    let text = std::fs::read_to_string(deploy(path)).unwrap();
+    serde_yaml::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect()
+}
+
+fn kind<'a>(docs: &'a [Yaml], kind: &str) -> &'a Yaml {
+    docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind}"))
+}
+
+/// `draw64 release queries`: the release controller's PromQL for a selector, by name.
+fn controller_queries(selector: &str, window: &str) -> std::collections::HashMap<String, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_draw64"))
+        .args(["release", "queries", "--selector", selector, "--window", window])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// What kubernetes-validate cannot check of the Argo Rollouts kinds: the Rollout runs the
+/// Deployment's pods through the local release's steps, with the analysis of the release
+/// controller (the same queries, the same thresholds), on the labels that select them.
+#[test]
+fn the_argo_rollout_holds_the_release_controllers_analysis() {
+    let docs = documents("kubernetes/rollout.yaml");
+    let plain = documents("kubernetes/draw64.yaml");
+    let (rollout, template) = (kind(&docs, "Rollout"), kind(&docs, "AnalysisTemplate"));
+    let deployment = kind(&plain, "Deployment");
+    assert_eq!(rollout["apiVersion"], "argoproj.io/v1alpha1");
+    assert_eq!(rollout["spec"]["workloadRef"]["kind"], "Deployment");
+    assert_eq!(rollout["spec"]["workloadRef"]["name"], deployment["metadata"]["name"]);
+    assert_eq!(rollout["spec"]["selector"], deployment["spec"]["selector"]);
+    let canary = &rollout["spec"]["strategy"]["canary"];
+    assert_eq!(canary["canaryMetadata"]["labels"]["track"], "canary");
+    assert_eq!(canary["stableMetadata"]["labels"]["track"], "stable");
+    assert_eq!(canary["analysis"]["templates"][0]["templateName"], template["metadata"]["name"]);
+    let weights: Vec<u64> =
+        canary["steps"].as_sequence().unwrap().iter().filter_map(|s| s["setWeight"].as_u64()).collect();
+    assert_eq!(weights, [10, 50, 100], "the steps of `draw64 release canary`");
+
+    let (c, s) = (controller_queries(r#"track="canary""#, "1m"), controller_queries(r#"track="stable""#, "1m"));
+    let expected = [
+        ("requests", c["requests"].clone(), "result[0] >= 20"),
+        ("error-ratio", format!("({}) - (({}) or vector(0))", c["error_ratio"], s["error_ratio"]), "result[0] <= 0.01"),
+        ("p99", format!("({}) - 1.5 * (({}) or vector(0))", c["p99"], s["p99"]), "result[0] <= 0.1"),
+    ];
+    let metrics = template["spec"]["metrics"].as_sequence().unwrap();
+    assert_eq!(metrics.len(), expected.len());
+    for (name, query, condition) in expected {
+        let m = metrics.iter().find(|m| m["name"] == name).unwrap_or_else(|| panic!("no metric {name}"));
+        assert_eq!(m["provider"]["prometheus"]["query"].as_str(), Some(query.as_str()), "{name}");
+        assert_eq!(m["successCondition"].as_str(), Some(condition), "{name}");
+        assert_eq!(m["interval"], "1m", "{name}: each measurement's window is its interval");
+        assert_eq!(m["failureLimit"], 0, "{name}");
+    }
+    // The thresholds are the controller's defaults.
+    let help = Command::new(env!("CARGO_BIN_EXE_draw64")).args(["release", "canary", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for default in ["[default: 20]", "[default: 0.01]", "[default: 1.5]", "[default: 100ms]", "[default: 10,50,100]"] {
+        assert!(help.contains(default), "`draw64 release canary --help` lacks {default}");
+    }
+}
+
+/// The autoscaler's custom metric is the one prometheus-adapter's rule serves, from a series
+/// Draw64 exports; scale-up and scale-down behave apart.
+#[test]
+fn the_autoscaler_scales_on_websockets_per_pod_through_prometheus_adapter() {
+    let plain = documents("kubernetes/draw64.yaml");
+    let hpa = &kind(&plain, "HorizontalPodAutoscaler")["spec"];
+    let pods = hpa["metrics"].as_sequence().unwrap().iter().find(|m| m["type"] == "Pods").expect("a Pods metric");
+    let adapter = documents("kubernetes/prometheus-adapter.yaml");
+    let config: Yaml =
+        serde_yaml::from_str(kind(&adapter, "ConfigMap")["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    let rule = &config["rules"][0];
+    assert_eq!(pods["pods"]["metric"]["name"], rule["name"]["as"]);
+    assert_eq!(rule["resources"]["overrides"]["pod"]["resource"], "pod");
+    assert_eq!(
+        metric_names(rule["seriesQuery"].as_str().unwrap()),
+        BTreeSet::from(["draw64_ws_connections".to_owned()])
+    );
+    let (up, down) = (&hpa["behavior"]["scaleUp"], &hpa["behavior"]["scaleDown"]);
+    assert!(up["stabilizationWindowSeconds"].as_u64().unwrap() < down["stabilizationWindowSeconds"].as_u64().unwrap());
+    assert_ne!(up["policies"], down["policies"]);
 }
 
 #[test]
