@@ -28,7 +28,7 @@ On the metrics port: /metrics, /healthz, /readyz, GET /debug/pprof/profile?secon
 #[derive(Parser, Debug)]
 #[command(
     name = "draw64",
-    version,
+    version = draw64::VERSION,
     about = "Draw64: a real-time collaborative 64x64 pixel canvas.",
     long_about = "Draw64: a real-time collaborative 64x64 pixel canvas.\n\n\
         Serves the web page, the REST API, WebSockets and Server-Sent Events on --listen, storing \

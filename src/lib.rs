@@ -49,3 +49,10 @@ pub mod telemetry;
 
 pub use app::App;
 pub use config::Config;
+
+/// The build's version: `DRAW64_VERSION` when the build set it (the release pipeline sets it
+/// from the Git tag), else the crate's. It is `service.version` and `draw64 --version`.
+pub const VERSION: &str = match option_env!("DRAW64_VERSION") {
+    Some(version) if !version.is_empty() => version,
+    _ => env!("CARGO_PKG_VERSION"),
+};

