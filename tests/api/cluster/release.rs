@@ -43,6 +43,34 @@ fn balancer(cluster: &ScriptCluster) -> SocketAddr {
     format!("127.0.0.1:{}", cluster.port).parse().unwrap()
 }
 
+struct Released {
+    took: std::time::Duration,
+    tally: std::sync::Arc<Tally>,
+    replicas: Vec<(String, super::Canvas)>,
+    log: Vec<Value>,
+    printed: String,
+}
+
+/// `scripts/cluster release` of the test binary (with `env` for the canary) under the steady
+/// load, which runs from 2 s before to 1 s after; the release must exit with `code`.
+async fn release_under_load(
+    cluster: &ScriptCluster,
+    http: &reqwest::Client,
+    env: &[(&str, &str)],
+    code: i32,
+) -> Released {
+    let load = Load::start(balancer(cluster), http).await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let out = tokio::task::block_in_place(|| cluster.release(env!("CARGO_BIN_EXE_draw64"), env, STEP_FLAGS));
+    let took = started.elapsed();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let (tally, replicas) = load.finish().await;
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(code), "the release should exit {code} (0 promoted, 3 rolled back):\n{printed}");
+    Released { took, tally, replicas, log: decisions(&out.stdout), printed }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_good_release_rolls_forward_with_no_failed_request_and_readers_miss_nothing() {
     if !tools() {
@@ -51,20 +79,7 @@ async fn a_good_release_rolls_forward_with_no_failed_request_and_readers_miss_no
     let cluster = ScriptCluster::start();
     let http = reqwest::Client::new();
     let before = ids(&http, &cluster).await;
-    let load = Load::start(balancer(&cluster), &http).await;
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-
-    let started = Instant::now();
-    let out = {
-        let cluster = &cluster;
-        tokio::task::block_in_place(|| cluster.release(env!("CARGO_BIN_EXE_draw64"), &[], STEP_FLAGS))
-    };
-    let took = started.elapsed();
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    let (tally, replicas) = load.finish().await;
-    let log = decisions(&out.stdout);
-    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert_eq!(out.status.code(), Some(0), "the release should be promoted:\n{printed}");
+    let Released { took, tally, replicas, log, printed } = release_under_load(&cluster, &http, &[], 0).await;
 
     let steps = with_msg(&log, "step passed");
     assert_eq!(steps.len(), 3, "three steps should pass:\n{printed}");
@@ -109,22 +124,9 @@ async fn a_bad_release_is_rolled_back_at_the_first_step_naming_the_failed_figure
     .unwrap();
     let http = reqwest::Client::new();
     let stable = ids(&http, &cluster).await;
-    let load = Load::start(balancer(&cluster), &http).await;
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-
-    let started = Instant::now();
-    let out = {
-        let (cluster, flags) = (&cluster, flags.to_str().unwrap());
-        tokio::task::block_in_place(|| {
-            cluster.release(env!("CARGO_BIN_EXE_draw64"), &[("DRAW64_FAULT_FLAGS", flags)], STEP_FLAGS)
-        })
-    };
-    let took = started.elapsed();
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    let (tally, replicas) = load.finish().await;
-    let log = decisions(&out.stdout);
-    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert_eq!(out.status.code(), Some(3), "the release should be rolled back:\n{printed}");
+    let flags = flags.to_str().unwrap();
+    let Released { took, tally, replicas, log, printed } =
+        release_under_load(&cluster, &http, &[("DRAW64_FAULT_FLAGS", flags)], 3).await;
 
     let rollback = with_msg(&log, "rolling back");
     assert_eq!(rollback.len(), 1, "{printed}");
