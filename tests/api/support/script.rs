@@ -67,11 +67,18 @@ impl Drop for ScriptCluster {
 }
 
 /// A port base below the kernel's ephemeral range (where the other tests' port-0 sockets land)
-/// with every port the script uses free.
+/// with every port the script uses free, and no port of another cluster of this test process
+/// within reach: a cluster binds its ports seconds after its base is picked (PostgreSQL's
+/// initdb comes first), so a free check alone would let two clusters pick overlapping bases.
 fn free_base() -> u16 {
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let span = OFFSETS.iter().max().unwrap() + 1;
+    let mut taken = TAKEN.lock().unwrap();
     loop {
         let base = fastrand::u16(20_000..32_000);
-        if OFFSETS.iter().all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok()) {
+        let apart = taken.iter().all(|t| base.abs_diff(*t) >= span);
+        if apart && OFFSETS.iter().all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok()) {
+            taken.push(base);
             return base;
         }
     }
