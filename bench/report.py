@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Prints the benchmark suite's table (Draw64 against the baseline, with the targets) from
 bench/results/latest.jsonl, and draws the latency percentiles per scenario as an SVG chart.
+The targets numbered 17 are the efficiency ones: server CPU per request and per delivered
+event (microseconds, and operations per core-second) against the baseline's, and latency
+against the baseline's in the same sitting.
 
 A comparative row runs in several rounds (fresh processes, alternating which server goes
 first): every round is printed, and a target is judged on the median of the rounds' figures.
@@ -129,6 +132,41 @@ def main():
         ok = dd["received"] == dd["expected"] and dd["reordered"] == 0 and dd["duplicates"] == 0
         checks.append(("5. cross-instance 1,000/s: 100% in order, p99 <= 50 ms",
                        f"{dd['received']}/{dd['expected']}, p99 {lat(d, 'p99_ms'):.2f} ms", ok and lat(d, "p99_ms") <= 50))
+    # The efficiency targets: CPU per operation (it does not depend on how fast or busy the
+    # machine is), and latency ratios against the baseline of the same sitting.
+    def cpu_us(r, ops):
+        cores = (r.get("server") or {}).get("cpu_cores")
+        return cores * r["duration_s"] * 1e6 / ops if cores and ops else None
+
+    def per_op(name, ops_of, what, limit):
+        runs = [(cpu_us(d, ops_of(d)), cpu_us(b, ops_of(b))) for d, b in pairs(name)]
+        runs = [(d, b) for d, b in runs if d and b]
+        if not runs:
+            return
+        figure, ratio = rounds([d / b for d, b in runs], lambda v: f"{v:.2f}x")
+        dm, bm = median([d for d, _ in runs]), median([b for _, b in runs])
+        figure += f" ({dm:.2f} vs {bm:.2f} us; {1e6 / dm:,.0f} vs {1e6 / bm:,.0f} {what} per core-second)"
+        checks.append((f"17. {name}: server CPU per {what[:-1]} <= {limit}x baseline", figure, ratio <= limit))
+
+    per_op("put", lambda r: r["operations"], "requests", 1.4)
+    for rate in (1000, 5000):
+        name = f"fanout-{rate}"
+        per_op(name, lambda r: (r.get("delivery") or {}).get("received"), "events", 1.3)
+        runs = pairs(name)
+        if runs:
+            figure, p99 = rounds([lat(d, "p99_ms") / lat(b, "p99_ms") for d, b in runs], lambda v: f"{v:.2f}x")
+            checks.append((f"17. {name} p99 <= 1.5x baseline", figure, p99 <= 1.5))
+    runs = pairs("users-1000")
+    if runs:
+        figure, ratio = rounds([lat(d, "p99_ms") / lat(b, "p99_ms") for d, b in runs], lambda v: f"{v:.2f}x")
+        checks.append(("17. users-1000 p99 send->receive <= baseline", figure, ratio <= 1.0))
+    cross = (rows.get(("cluster-fanout-1000", "draw64-cluster")) or [None])[-1]
+    single = rows.get(("fanout-1000", "draw64"))
+    if cross and single:
+        one = median([lat(d, "p99_ms") for d in single])
+        ratio = lat(cross, "p99_ms") / one
+        checks.append(("17. cross-instance 1,000/s p99 <= 3x single-instance p99",
+                       f"{ratio:.2f}x ({lat(cross, 'p99_ms'):.2f} vs {one:.2f} ms)", ratio <= 3.0))
     s = (rows.get(("steady-rss", "draw64")) or [None])[-1]
     if s and len(s["samples"]) >= 2:
         first, last = s["samples"][0], s["samples"][-1]
@@ -138,7 +176,7 @@ def main():
                        z <= a * 1.05))
     print()
     for what, figure, ok in checks:
-        print(f"{'MET ' if ok else 'MISS'}  {what:<58} {figure}")
+        print(f"{'MET ' if ok else 'MISS'}  {what:<60} {figure}")
     if any(len(runs) > 1 for runs in rows.values()):
         print("\n(several rounds: each round's figure, then the median the target is judged on)")
     draw(rows, chart)
