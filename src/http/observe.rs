@@ -23,7 +23,10 @@ use opentelemetry::{
 use opentelemetry_semantic_conventions::attribute as attr;
 
 use super::{AppState, routes::templates};
-use crate::telemetry::{errors, metrics};
+use crate::telemetry::{
+    errors,
+    http_server::{self, Answer, Failure},
+};
 
 struct Headers<'a>(&'a HeaderMap);
 
@@ -88,7 +91,8 @@ pub async fn observe(State(app): State<AppState>, req: Request, next: Next) -> R
         (None, _) => method,
     };
     let parent = global::get_text_map_propagator(|p| p.extract(&Headers(req.headers())));
-    let protocol = version(&req);
+    let protocol_at = version(&req);
+    let protocol = PROTOCOLS[protocol_at];
     let tracer = crate::telemetry::span::tracer();
     let mut span = tracer.span_builder(name).with_kind(SpanKind::Server).start_with_context(tracer, &parent);
     // Attributes only for a span that records (no sampler here reads them to decide).
@@ -104,9 +108,8 @@ pub async fn observe(State(app): State<AppState>, req: Request, next: Next) -> R
         (app.trusted_proxies.client(peer, req.headers()), req.uri().path().to_owned())
     });
 
-    let m = metrics();
-    let active = [KeyValue::new(attr::HTTP_REQUEST_METHOD, method), KeyValue::new(attr::URL_SCHEME, "http")];
-    m.http_active.add(1, &active);
+    let active = http_server::active(method_at, &METHODS);
+    active.add(1);
     if let Some(length) = crate::faults::cpu_burn() {
         crate::faults::mark_span(&cx.span(), crate::faults::Fault::CpuBurn);
         crate::faults::burn(length);
@@ -126,26 +129,16 @@ pub async fn observe(State(app): State<AppState>, req: Request, next: Next) -> R
         Ok(res) => (res, false),
         Err(_) => (super::error::ApiError::Panicked.into_response(), true),
     };
-    m.http_active.add(-1, &active);
+    active.add(-1);
     // One middleware for both: each layer costs every request a boxed future and a clone.
     super::middleware::stamp(&app, &mut res);
 
     let status = res.status();
     let span = cx.span();
     span.set_attribute(KeyValue::new(attr::HTTP_RESPONSE_STATUS_CODE, i64::from(status.as_u16())));
-    let mut attrs = Vec::with_capacity(6);
-    attrs.extend([
-        KeyValue::new(attr::HTTP_REQUEST_METHOD, method),
-        KeyValue::new(attr::URL_SCHEME, "http"),
-        KeyValue::new(attr::HTTP_RESPONSE_STATUS_CODE, i64::from(status.as_u16())),
-        KeyValue::new(attr::NETWORK_PROTOCOL_VERSION, protocol),
-    ]);
-    if let Some(r) = route {
-        attrs.push(KeyValue::new(attr::HTTP_ROUTE, r));
-    }
     // Only the server's own failures are errors (4xx are the client's, by the convention).
-    if panicked {
-        attrs.push(KeyValue::new(attr::ERROR_TYPE, "panic"));
+    let failure = if panicked {
+        Failure::Panic
     } else if status.is_server_error() {
         // The cause, when the answer carries one, was logged where it happened (the writer, a
         // timeout): here it becomes this request's exception event, not a second log record.
@@ -158,16 +151,31 @@ pub async fn observe(State(app): State<AppState>, req: Request, next: Next) -> R
                 span.set_status(Status::error(status.canonical_reason().unwrap_or("server error")));
             }
         }
-        attrs.push(KeyValue::new(attr::ERROR_TYPE, status.as_str().to_owned()));
-    }
+        Failure::Status
+    } else {
+        Failure::None
+    };
+    let answer = Answer { method: method_at, route: route_at, protocol: protocol_at, status: status.as_u16(), failure };
+    let attributes = || {
+        let mut attrs = Vec::with_capacity(6);
+        attrs.extend([
+            KeyValue::new(attr::HTTP_REQUEST_METHOD, method),
+            KeyValue::new(attr::URL_SCHEME, "http"),
+            KeyValue::new(attr::HTTP_RESPONSE_STATUS_CODE, i64::from(status.as_u16())),
+            KeyValue::new(attr::NETWORK_PROTOCOL_VERSION, protocol),
+        ]);
+        if let Some(r) = route {
+            attrs.push(KeyValue::new(attr::HTTP_ROUTE, r));
+        }
+        match failure {
+            Failure::Panic => attrs.push(KeyValue::new(attr::ERROR_TYPE, "panic")),
+            Failure::Status => attrs.push(KeyValue::new(attr::ERROR_TYPE, status.as_str().to_owned())),
+            Failure::None => {}
+        }
+        attrs
+    };
     let took = started.elapsed();
-    m.http_duration.record(took.as_secs_f64(), &attrs);
-    if let Some(size) = request_size {
-        m.http_request_size.record(size, &attrs);
-    }
-    if let Some(size) = res.body().size_hint().exact() {
-        m.http_response_size.record(size, &attrs);
-    }
+    http_server::record(answer, attributes, took.as_secs_f64(), request_size, res.body().size_hint().exact());
     {
         let _attached = cx.clone().attach();
         // The access log: debug, so it costs nothing unless asked for (DRAW64_LOG=info,draw64=debug).
@@ -230,12 +238,15 @@ pub fn redact_query(query: &str) -> String {
         .join("&")
 }
 
-fn version(req: &Request) -> &'static str {
+/// `network.protocol.version`, by the index `version` answers.
+const PROTOCOLS: [&str; 4] = ["1.1", "1.0", "2", "3"];
+
+fn version(req: &Request) -> usize {
     match req.version() {
-        axum::http::Version::HTTP_10 => "1.0",
-        axum::http::Version::HTTP_2 => "2",
-        axum::http::Version::HTTP_3 => "3",
-        _ => "1.1",
+        axum::http::Version::HTTP_10 => 1,
+        axum::http::Version::HTTP_2 => 2,
+        axum::http::Version::HTTP_3 => 3,
+        _ => 0,
     }
 }
 

@@ -14,6 +14,7 @@ mod console;
 pub mod errors;
 mod export;
 mod host;
+pub mod http_server;
 mod logs;
 pub mod metrics;
 mod options;
