@@ -5,8 +5,8 @@
 use std::sync::OnceLock;
 
 use opentelemetry::{
-    global,
-    metrics::{AsyncInstrument, Counter, Histogram, Meter, UpDownCounter},
+    KeyValue, global,
+    metrics::{AsyncInstrument, BoundCounter, Counter, Histogram, Meter, UpDownCounter},
 };
 use opentelemetry_semantic_conventions::metric as semconv;
 
@@ -94,6 +94,42 @@ pub fn metrics() -> &'static Metrics {
         m.sse_streams.add(0, &[]);
         m
     })
+}
+
+/// A counter of the hot path bound once per set of attribute values (OpenTelemetry's bound
+/// instruments), so that a recording does not make the SDK sort, deduplicate and hash its
+/// attribute list: the values are a few static strings, found again by a short scan. Past
+/// `MAX_BOUND` sets it records unbound, as an instrument without this would.
+pub struct CounterBy<const N: usize> {
+    keys: [&'static str; N],
+    bound: std::sync::RwLock<Vec<([&'static str; N], BoundCounter<u64>)>>,
+}
+
+const MAX_BOUND: usize = 64;
+
+impl<const N: usize> CounterBy<N> {
+    pub const fn new(keys: [&'static str; N]) -> Self {
+        Self { keys, bound: std::sync::RwLock::new(Vec::new()) }
+    }
+
+    pub fn add(&self, counter: &Counter<u64>, n: u64, values: [&'static str; N]) {
+        let same = |v: &[&'static str; N]| v.iter().zip(&values).all(|(a, b)| std::ptr::eq(*a, *b) || a == b);
+        if let Some((_, b)) = self.bound.read().unwrap_or_else(|e| e.into_inner()).iter().find(|(v, _)| same(v)) {
+            return b.add(n);
+        }
+        let attributes: Vec<KeyValue> = self.keys.iter().zip(values).map(|(k, v)| KeyValue::new(*k, v)).collect();
+        let mut bound = self.bound.write().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, b)) = bound.iter().find(|(v, _)| same(v)) {
+            return b.add(n);
+        }
+        if bound.len() >= MAX_BOUND {
+            drop(bound);
+            return counter.add(n, &attributes);
+        }
+        let b = counter.bind(&attributes);
+        b.add(n);
+        bound.push((values, b));
+    }
 }
 
 fn counter(meter: &Meter, name: &'static str) -> Counter<u64> {

@@ -446,3 +446,48 @@ async fn traced_server() -> (Receiver, Server, tempfile::TempDir) {
     let server = Server::start_env(&test_db(&dir), "127.0.0.1:0", &["--drain-grace", "0"], &env, None);
     (receiver, server, dir)
 }
+
+/// The counters the hot path records through bound instruments count what happened, by their
+/// attributes: commands by type, WebSocket messages by direction and type, HTTP requests by
+/// route and status.
+#[tokio::test]
+async fn bound_counters_count_by_their_attributes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&test_db(&dir), "127.0.0.1:0", &[]);
+    let http = reqwest::Client::new();
+    assert_eq!(http.post(server.url("/images/bound")).send().await.unwrap().status(), 201);
+    let mut ws = ws_connect(&format!("ws://{}/ws/images/bound", server.addr)).await;
+    ws_send(&mut ws, &draw(&[[1, 1, 1, 2, 3]])).await;
+    ws_send(&mut ws, CLEAR).await;
+    ws_send(&mut ws, "not json").await;
+    let put = http.put(server.url("/images/bound")).body(draw(&[[2, 2, 4, 5, 6]])).send().await.unwrap();
+    assert_eq!(put.status(), 200);
+    let missing = http.put(server.url("/images/nowhere")).body(draw(&[[2, 2, 4, 5, 6]])).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let series = |s: &str| s.to_owned();
+    let expected = [
+        (series(r#"draw64_commands_applied_total{draw64_command_type="draw""#), 2.0),
+        (series(r#"draw64_commands_applied_total{draw64_command_type="clear_canvas""#), 1.0),
+        (series(r#"draw64_ws_messages_total{draw64_direction="in",draw64_message_type="draw""#), 1.0),
+        (series(r#"draw64_ws_messages_total{draw64_direction="in",draw64_message_type="clear_canvas""#), 1.0),
+        (series(r#"draw64_ws_messages_total{draw64_direction="in",draw64_message_type="invalid""#), 1.0),
+        // The socket's own draw and clear, and the PUT's draw, came back to it.
+        (series(r#"draw64_ws_messages_total{draw64_direction="out",draw64_message_type="image_updated""#), 3.0),
+        (series(r#"draw64_ws_messages_total{draw64_direction="out",draw64_message_type="error""#), 1.0),
+    ];
+    for (s, want) in &expected {
+        assert_eq!(server.until_sample(s, *want).await, *want, "{s}");
+    }
+    let scrape = server.scrape().await;
+    let requests = |route: &str, status: u16| {
+        scrape
+            .lines()
+            .filter(|l| l.starts_with("http_server_request_duration_seconds_count{"))
+            .filter(|l| l.contains(&format!("http_response_status_code=\"{status}\"")))
+            .filter(|l| l.contains(&format!("http_route=\"{route}\"")) && l.contains("http_request_method=\"PUT\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert_eq!(requests("/images/{image_id}", 200), 1.0, "{scrape}");
+    assert_eq!(requests("/images/{image_id}", 404), 1.0, "{scrape}");
+}

@@ -182,16 +182,15 @@ enum Op {
     Flush,
 }
 
+/// `draw64.ws.messages` by direction and type: once per batch per socket on the fan-out path.
+static WS_MESSAGES: metrics::CounterBy<2> = metrics::CounterBy::new(["draw64.direction", "draw64.message.type"]);
+
 fn count_out(kind: &'static str, n: u64) {
-    metrics()
-        .ws_messages
-        .add(n, &[KeyValue::new("draw64.direction", "out"), KeyValue::new("draw64.message.type", kind)]);
+    WS_MESSAGES.add(&metrics().ws_messages, n, ["out", kind]);
 }
 
 fn count_in(kind: &'static str) {
-    metrics()
-        .ws_messages
-        .add(1, &[KeyValue::new("draw64.direction", "in"), KeyValue::new("draw64.message.type", kind)]);
+    WS_MESSAGES.add(&metrics().ws_messages, 1, ["in", kind]);
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::Context;
 
 use super::{Writer, batch::Staged};
 use crate::{
@@ -101,6 +101,7 @@ impl Writer {
 
 fn count(command: &Command) {
     let m = metrics();
-    m.commands_applied.add(1, &[KeyValue::new("draw64.command.type", command.kind())]);
+    static APPLIED: metrics::CounterBy<1> = metrics::CounterBy::new(["draw64.command.type"]);
+    APPLIED.add(&m.commands_applied, 1, [command.kind()]);
     m.pixels_drawn.add(command.pixels_on_canvas(), &[]);
 }
