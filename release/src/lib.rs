@@ -217,14 +217,16 @@ impl<'a> Controller<'a> {
         Ok(())
     }
 
-    /// The canary's weight to 0 and every stable back to its configured weight.
+    /// Every stable back to its configured weight, then the canary's to 0. In that order: after a
+    /// promotion the stables are at 0, and the canary first would leave a moment with no server
+    /// of any weight, which HAProxy answers 503.
     async fn restore_stable(&self) -> Result<(), ReleaseError> {
         for (backend, stables) in self.api.backends(self.name()).await? {
-            if self.api.servers().await?.iter().any(|s| s.backend == backend && s.name == self.name()) {
-                self.api.set_weight(&backend, self.name(), 0).await?;
-            }
             for s in &stables {
                 self.api.set_weight(&backend, &s.name, s.initial_weight).await?;
+            }
+            if self.api.servers().await?.iter().any(|s| s.backend == backend && s.name == self.name()) {
+                self.api.set_weight(&backend, self.name(), 0).await?;
             }
         }
         self.annotations.share(0.0);
