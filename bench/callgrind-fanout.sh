@@ -8,25 +8,14 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=$(realpath "$1") subs=${2:-20} rate=${3:-100} out=${4:-/tmp/callgrind-fanout.out}
-# shellcheck source=one-address.env
-source "$root/bench/one-address.env"
-load=${LOAD_BIN:-$root/target/release/draw64}
-db=$(mktemp -d /dev/shm/callgrind.XXXX)
-trap 'rm -rf "$db"' EXIT
-DRAW64_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
-  "$bin" --listen 127.0.0.1:18410 --metrics-listen 127.0.0.1:19410 --database "sqlite://$db/c.db" \
-  --drain-grace 0 2>"$db/valgrind.log" &
-pid=$!
-for _ in $(seq 600); do
-  curl -s -o /dev/null http://127.0.0.1:18410/healthz && break
-  sleep 0.1
-done
+# shellcheck source=callgrind-start.sh
+source "$root/bench/callgrind-start.sh"
+callgrind_start "$bin" 18410 "$out"
 # A first round outside the count: the image, the sockets' paths, the caches.
 "$load" load fanout --url http://127.0.0.1:18410 --subscribers "$subs" --rate "$rate" --duration 2s --image cg --json >/dev/null
 callgrind_control -i on "$pid" >/dev/null
 result=$("$load" load fanout --url http://127.0.0.1:18410 --subscribers "$subs" --rate "$rate" --duration 10s --image cg --json)
 callgrind_control -i off "$pid" >/dev/null
-kill -TERM "$pid"; wait "$pid" || true
-total=$(grep -E '^totals:' "$out" | awk '{print $2}')
+total=$(callgrind_stop "$out")
 received=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["delivery"]["received"])' "$result")
 echo "callgrind-fanout: $bin: $total instructions for $received events delivered to $subs subscribers at $rate/s: $(( total / received )) per event ($out)"

@@ -8,24 +8,13 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=$(realpath "$1") n=${2:-2000} out=${3:-/tmp/callgrind-put.out}
-# shellcheck source=one-address.env
-source "$root/bench/one-address.env"
-load=${LOAD_BIN:-$root/target/release/draw64}
-db=$(mktemp -d /dev/shm/callgrind.XXXX)
-trap 'rm -rf "$db"' EXIT
-DRAW64_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
-  "$bin" --listen 127.0.0.1:18400 --metrics-listen 127.0.0.1:19400 --database "sqlite://$db/c.db" \
-  --drain-grace 0 2>"$db/valgrind.log" &
-pid=$!
-for _ in $(seq 600); do
-  curl -s -o /dev/null http://127.0.0.1:18400/healthz && break
-  sleep 0.1
-done
+# shellcheck source=callgrind-start.sh
+source "$root/bench/callgrind-start.sh"
+callgrind_start "$bin" 18400 "$out"
 # A first round outside the count: connections, the image, the caches.
 "$load" load put --url http://127.0.0.1:18400 --connections 8 --requests 200 --duration 300s --json >/dev/null
 callgrind_control -i on "$pid" >/dev/null
 "$load" load put --url http://127.0.0.1:18400 --connections 8 --requests "$n" --duration 600s --json >/dev/null
 callgrind_control -i off "$pid" >/dev/null
-kill -TERM "$pid"; wait "$pid" || true
-total=$(grep -E '^totals:' "$out" | awk '{print $2}')
+total=$(callgrind_stop "$out")
 echo "callgrind-put: $bin: $total instructions for $n PUTs: $(( total / n )) per request ($out)"
