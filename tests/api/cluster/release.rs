@@ -117,9 +117,14 @@ async fn a_bad_release_is_rolled_back_at_the_first_step_naming_the_failed_figure
     }
     let cluster = ScriptCluster::start();
     let flags = cluster.dir().join("bad-release.flagd.json");
+    // Half the canary's commits fail. The first step must show the fault with near certainty
+    // from the few dozen requests a 10 % share gets in two short windows (about 28 here, four
+    // in five of them PUTs): at 20 % failing commits all 28 succeed 0.8 % of the time, and a
+    // fresh-clone CI run drew exactly that (0 errors in 12 and 16, caught at the second step).
+    // At 50 % it is 0.6^28, under one in a million.
     std::fs::write(
         &flags,
-        r#"{"flags": {"failingCommits": {"state": "ENABLED", "variants": {"off": 0, "20%": 0.2}, "defaultVariant": "20%"}}}"#,
+        r#"{"flags": {"failingCommits": {"state": "ENABLED", "variants": {"off": 0, "50%": 0.5}, "defaultVariant": "50%"}}}"#,
     )
     .unwrap();
     let http = reqwest::Client::new();
@@ -148,7 +153,7 @@ async fn a_bad_release_is_rolled_back_at_the_first_step_naming_the_failed_figure
     let failed = tally.http_failed.lock().unwrap().clone();
     let from_canary = failed.iter().filter(|f| !stable.iter().any(|id| f.contains(&format!("from {id}:")))).count();
     eprintln!(
-        "FIGURES bad release (failingCommits 20 % on the canary): rolled back at step {} ({reason}), {:.1} s after the \
+        "FIGURES bad release (failingCommits 50 % on the canary): rolled back at step {} ({reason}), {:.1} s after the \
          rollout began ({:.1} s until the canary was gone); the canary answered {} of {during} requests while in \
          ({:.1} %); {} of {} HTTP requests failed, {from_canary} of them on the canary: {:?}; {found} changes \
          acknowledged, {found} found; {} WebSocket reconnects",
