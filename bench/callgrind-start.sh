@@ -1,6 +1,7 @@
-# Sourced by bench/callgrind-*.sh: `callgrind_start BIN PORT OUT` starts BIN under callgrind with
-# instrumentation off and its database on /dev/shm, sets $pid, and returns once it answers;
-# `callgrind_stop` ends it and prints the profile's total instructions.
+# Sourced by bench/callgrind-*.sh: `callgrind_start BIN PORT OUT` starts BIN (Draw64, or the bare
+# baseline) under callgrind with instrumentation off and Draw64's database on /dev/shm, sets
+# $pid, and returns once it answers; `callgrind_stop OUT` ends it and prints the profile's total
+# instructions.
 # shellcheck shell=bash
 # shellcheck source=one-address.env
 source "$root/bench/one-address.env"
@@ -9,10 +10,16 @@ db=$(mktemp -d /dev/shm/callgrind.XXXX)
 trap 'rm -rf "$db"' EXIT
 
 callgrind_start() {
-  local bin=$1 port=$2 out=$3
-  DRAW64_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
-    "$bin" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$((port + 1000))" --database "sqlite://$db/c.db" \
-    --drain-grace 0 2>"$db/valgrind.log" &
+  local bin=$1 port=$2 out=$3 args
+  # The bare baseline (examples/baseline.rs) takes its address alone, and stores nothing.
+  if [[ $(basename "$bin") == baseline ]]; then
+    args=("127.0.0.1:$port")
+  else
+    args=(--listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$((port + 1000))" --database "sqlite://$db/c.db"
+      --drain-grace 0)
+  fi
+  DRAW64_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" "$bin" "${args[@]}" \
+    2>"$db/valgrind.log" &
   pid=$!
   for _ in $(seq 600); do
     curl -s -o /dev/null "http://127.0.0.1:$port/healthz" && return

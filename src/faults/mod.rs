@@ -321,15 +321,27 @@ pub fn cpu_burn() -> Option<Duration> {
     }
 }
 
-/// Spins for `length` on this thread: the point is to cost CPU, as a slow algorithm would.
+/// Spins until this thread has spent `length` of CPU: the point is to cost CPU, as a slow
+/// algorithm would, and a slow algorithm costs the same CPU however busy the machine is (a
+/// wall-clock spin costs less CPU the more the thread is preempted). Bounded in wall time too,
+/// at ten times `length`, so a starved thread cannot hold its worker for long.
 pub fn burn(length: Duration) {
     let start = std::time::Instant::now();
+    let spent = thread_cpu();
     let mut x = 0u64;
-    while start.elapsed() < length {
+    while thread_cpu().saturating_sub(spent) < length && start.elapsed() < length * 10 {
         for _ in 0..64 {
             x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
         }
     }
+}
+
+/// The CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec to write to; this clock exists on every Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 /// A delay added to each PNG rendering (`slowPng`).
@@ -359,6 +371,13 @@ pub fn span_attributes(fault: Fault) -> Option<[opentelemetry::KeyValue; 2]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_burn_spends_its_length_in_cpu_on_its_own_thread() {
+        let before = thread_cpu();
+        burn(Duration::from_millis(30));
+        assert!(thread_cpu() - before >= Duration::from_millis(30), "{:?}", thread_cpu() - before);
+    }
 
     // The switches themselves are process-wide and other unit tests commit: they are tested
     // through the binary (tests/api/faults.rs); here, what is in force given a file and admins.

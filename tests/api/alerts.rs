@@ -1,7 +1,7 @@
 //! Each fault flag fires the alert meant to catch it, and the alert resolves once the flag is
 //! off. A real Prometheus, scraping every second, evaluates a time-compressed copy of
 //! `deploy/prometheus/rules.yml` (every range and `for` divided by 30, at least 3 s; groups
-//! evaluated every second) against a real Draw64 under steady load, whose flag is switched over
+//! evaluated every second; in a debug build the CPU-per-request threshold times 8) against a real Draw64 under steady load, whose flag is switched over
 //! `/admin/faults`. The alert must not fire before the flag is on. Every wait is bounded; the
 //! times to fire and to resolve are printed (the figures of the closing note).
 
@@ -66,10 +66,20 @@ fn compressed_rules(dir: &Path) -> std::path::PathBuf {
         out.push_str(&line);
         out.push('\n');
     }
+    // The CPU threshold is for an optimised build. This debug build spends 3.7 ms of CPU per
+    // request of this load on an idle machine, more with PostgreSQL on a busy one, so the shipped
+    // 5 ms left the alert firing after the flag went off in a fresh-clone CI run.
+    let threshold = "_count[10s])) > 0.005";
+    assert_eq!(out.matches(threshold).count(), 1, "Draw64CpuPerRequest's threshold moved");
+    let out = out.replace(threshold, &format!("_count[10s])) > {}", 0.005 * CPU_SCALE));
     let path = dir.join("rules.yml");
     std::fs::write(&path, out).unwrap();
     path
 }
+
+/// How much more CPU a request costs in this build than in an optimised one, at most: the
+/// CPU-per-request alert's threshold (5 ms) and the `cpuBurn` that proves it are scaled by it.
+const CPU_SCALE: f64 = if cfg!(debug_assertions) { 8.0 } else { 1.0 };
 
 /// Steady traffic of every kind the alerts read, until the task is aborted: PUTs, a WebSocket
 /// subscriber reading the events they cause, a balancer's readiness checks, PNGs.
@@ -180,7 +190,10 @@ async fn a_memory_leak_fires_memory_growing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpu_burn_fires_cpu_per_request() {
-    proves("cpuBurn", json!(20000), "Draw64CpuPerRequest", "").await;
+    // Four times the threshold, as shipped (20 ms against 5); 2.5 times it in a debug build,
+    // where the flag's ceiling (100 ms) is the limit.
+    let burn = (20_000.0 * CPU_SCALE).min(100_000.0);
+    proves("cpuBurn", json!(burn), "Draw64CpuPerRequest", "").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
