@@ -16,6 +16,6 @@ callgrind_start "$bin" 18410 "$out"
 callgrind_control -i on "$pid" >/dev/null
 result=$("$load" load fanout --url http://127.0.0.1:18410 --subscribers "$subs" --rate "$rate" --duration 10s --image cg --json)
 callgrind_control -i off "$pid" >/dev/null
-total=$(callgrind_stop "$out")
+callgrind_stop "$out"
 received=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["delivery"]["received"])' "$result")
 echo "callgrind-fanout: $bin: $total instructions for $received events delivered to $subs subscribers at $rate/s: $(( total / received )) per event ($out)"

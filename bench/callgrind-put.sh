@@ -16,5 +16,5 @@ callgrind_start "$bin" 18400 "$out"
 callgrind_control -i on "$pid" >/dev/null
 "$load" load put --url http://127.0.0.1:18400 --connections 8 --requests "$n" --duration 600s --json >/dev/null
 callgrind_control -i off "$pid" >/dev/null
-total=$(callgrind_stop "$out")
+callgrind_stop "$out"
 echo "callgrind-put: $bin: $total instructions for $n PUTs: $(( total / n )) per request ($out)"

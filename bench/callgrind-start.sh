@@ -1,7 +1,7 @@
 # Sourced by bench/callgrind-*.sh: `callgrind_start BIN PORT OUT` starts BIN (Draw64, or the bare
 # baseline) under callgrind with instrumentation off and Draw64's database on /dev/shm, sets
-# $pid, and returns once it answers; `callgrind_stop OUT` ends it and prints the profile's total
-# instructions.
+# $pid, and returns once it answers; `callgrind_stop OUT` ends it and sets $total, the
+# profile's total instructions.
 # shellcheck shell=bash
 # shellcheck source=one-address.env
 source "$root/bench/one-address.env"
@@ -31,7 +31,9 @@ callgrind_start() {
 }
 
 callgrind_stop() {
+  # Sets $total rather than printing it: in a command substitution's subshell `wait` could not
+  # wait for valgrind, and the profile would be read before valgrind wrote it.
   local out=$1
   kill -TERM "$pid"; wait "$pid" || true
-  grep -E '^totals:' "$out" | awk '{print $2}'
+  total=$(grep -E '^totals:' "$out" | awk '{print $2}')
 }

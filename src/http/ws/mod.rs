@@ -6,6 +6,7 @@
 
 mod close;
 mod command;
+mod gated;
 
 use std::{
     collections::VecDeque,
@@ -40,6 +41,7 @@ pub use self::close::{
 use self::{
     close::{Ended, close, for_read_error, lagged},
     command::{Allowance, Origin, Pending},
+    gated::Gated,
 };
 use super::{AppState, caller::Caller, error::ApiError};
 use crate::{
@@ -51,6 +53,9 @@ use crate::{
     telemetry::metrics,
 };
 
+/// A socket's read half, polled only when it was woken (`gated`).
+type Incoming = Gated<SplitStream<WebSocket>>;
+
 /// Events written to a socket with one flush, at most.
 const SEND_BATCH: usize = 64;
 
@@ -59,8 +64,8 @@ const MAX_IN_FLIGHT: usize = 256;
 
 /// Initial read buffer of a socket, and the most read from it at once. Commands are a few dozen
 /// bytes; a larger one is read in several calls. Tungstenite zero-fills this much before every
-/// read attempt, and a subscriber's task attempts one each time it is woken for an event, so it
-/// is kept small: 1 KiB instead of 4 KiB took idle sockets from 7.5 to 4.3 KB each.
+/// read attempt, so it is kept small: 1 KiB instead of 4 KiB took idle sockets from 7.5 to
+/// 4.3 KB each (when a subscriber's task still attempted a read each time an event woke it).
 const READ_BUFFER: usize = 1024;
 
 /// Largest frame or message a client may send (close 1009 beyond).
@@ -111,7 +116,7 @@ pub async fn upgrade(
                 .on_upgrade(move |socket| {
                     let (sink, stream) = socket.split();
                     let sink = Sink { inner: sink, timeout: app.limits.options.send_timeout };
-                    session(sink, stream, events, id, created, app, caller, seat)
+                    session(sink, Gated::new(stream), events, id, created, app, caller, seat)
                 })
         }
         Err(e) => e.into_response(),
@@ -196,7 +201,7 @@ fn count_in(kind: &'static str) {
 #[allow(clippy::too_many_arguments)]
 async fn session(
     sink: Sink,
-    stream: SplitStream<WebSocket>,
+    stream: Incoming,
     events: Option<broadcast::Receiver<Outgoing>>,
     id: ImageId,
     created: bool,
@@ -243,7 +248,7 @@ async fn session(
 /// The socket's loop: shutdown first, then events out, command outcomes, frames in, pings.
 async fn run(
     mut sink: Sink,
-    mut stream: SplitStream<WebSocket>,
+    mut stream: Incoming,
     events: Option<broadcast::Receiver<Outgoing>>,
     origin: &Origin<'_>,
     app: &AppState,
@@ -258,7 +263,7 @@ async fn run(
 /// After our close frame, reads (and drops) what the client still sends until its own close,
 /// for a second at most: closing with its frames unread would make the kernel reset the
 /// connection, and the client could lose our close frame, and its reason, with it.
-async fn linger(stream: &mut SplitStream<WebSocket>) {
+async fn linger(stream: &mut Incoming) {
     let _ = tokio::time::timeout(LINGER, async {
         while let Some(Ok(message)) = stream.next().await {
             if matches!(message, Message::Close(_)) {
@@ -274,7 +279,7 @@ const LINGER: Duration = Duration::from_secs(1);
 
 async fn exchange(
     sink: &mut Sink,
-    stream: &mut SplitStream<WebSocket>,
+    stream: &mut Incoming,
     events: Option<broadcast::Receiver<Outgoing>>,
     origin: &Origin<'_>,
     app: &AppState,
