@@ -15,10 +15,11 @@ use crate::support::{require, script::ScriptCluster};
 /// machine, but about 22 beside the rest of a fresh-clone CI run, where a 10 % window got 8
 /// and 10 failed it as too little traffic; the share is HAProxy's weights, so it is the
 /// machine's speed, not chance, that sets the count. The p99 of a few dozen requests is their
-/// slowest one, and this debug build shares two cores with the load, PostgreSQL and
-/// Prometheus: a latency slack of 250 ms keeps one slow request from failing a good build (a
-/// bad build here fails on errors).
-const STEP_FLAGS: &[&str] = &["--interval", "4s", "--count", "2", "--min-requests", "5", "--latency-slack", "250ms"];
+/// slowest one, and this debug build shares two cores with the load, PostgreSQL, Prometheus
+/// and the other tests: a latency slack of 1 s keeps one slow request from failing a good build
+/// (250 ms did not, once in five local runs beside the WebSocket tests; a bad build here fails
+/// on errors).
+const STEP_FLAGS: &[&str] = &["--interval", "4s", "--count", "2", "--min-requests", "5", "--latency-slack", "1s"];
 
 /// The decision log: the JSON lines the release printed (the script's own lines are text).
 fn decisions(stdout: &[u8]) -> Vec<Value> {
